@@ -1,0 +1,71 @@
+"""The base config of the self-classifying MNIST CA and the options every config accepts.
+
+Options, comma-separated after the config name (`--config=l2_noise:no_pool,smoke`):
+- `smoke`: a tiny run (small batch, pool, few steps and iterations) that trains in seconds;
+- `no_pool`: every batch is fresh digits from zero state (ablation);
+- `no_mutation`: the pool persists its states, but no pool member is swapped to a new digit
+  (ablation; the first quarter of each batch is still replaced by fresh digits).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+OPTIONS = ("smoke", "no_pool", "no_mutation")
+
+
+def parse_options(arg: str | None) -> set[str]:
+    options = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    unknown = options - set(OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown config option(s) {sorted(unknown)}; valid options: {', '.join(OPTIONS)} "
+            f"(comma-separated, e.g. --config=l2_noise:no_pool,smoke)."
+        )
+    return options
+
+
+def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_collections.ConfigDict:
+    """The article's training setup (its notebook), with `loss` and residual `noise_std`."""
+    options = parse_options(arg)
+    c = ml_collections.ConfigDict()
+    c.name = ""  # filled in by the config loader: "l2_noise:smoke", etc.
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kind = "selforg_mnist"
+    c.model.fire_rate = 0.5
+    c.model.noise_std = noise_std
+    c.model.step_impl = "im2col"  # or "conv": same function, see nca.model.STEP_IMPLS
+
+    c.loss = loss  # "l2" or "ce"
+    c.num_ca_steps = 20
+    c.batch_size = 16
+    c.use_pool = "no_pool" not in options
+    c.pool_size = 160
+    c.mutate = "no_mutation" not in options
+
+    c.num_train_steps = 100_000
+    c.learning_rate = 1e-3
+    c.lr_boundaries = (30_000, 70_000)  # learning rate x0.1 after each
+    c.adam_eps = 1e-7  # Keras' default, as the article's code
+    c.grad_norm_eps = 1e-8  # g / (||g|| + eps), per parameter tensor
+
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.max_checkpoints_to_keep = 3
+
+    c.data = ml_collections.ConfigDict()
+    c.data.mnist_dir = ""  # "" searches $NCA_MNIST_DIR, ./data/mnist, ../shared/data/mnist, tfds
+    c.data.max_train_images = 0  # 0: all 60,000
+
+    if "smoke" in options:
+        c.batch_size = 4
+        c.pool_size = 16
+        c.num_ca_steps = 8
+        c.num_train_steps = 12
+        c.lr_boundaries = (6, 9)
+        c.log_every = 2
+        c.checkpoint_every = 4
+        c.data.max_train_images = 2000
+    return c

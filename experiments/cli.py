@@ -1,0 +1,66 @@
+"""What every entry point shares: bare config names, and one clear line for expected errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from nca.checkpoint import CheckpointError
+from nca.config import ConfigError, resolve_config_path
+from nca.data import DataError
+from nca.train import TrainingError
+
+EXPECTED_ERRORS = (CheckpointError, ConfigError, DataError, TrainingError)
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+    """Rewrites `--config=NAME[:ARGS]` (or `--config NAME`) to the config file's path, which
+    `ml_collections.config_flags` expects; `--config.x=...` overrides pass through unchanged."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            argv[i] = "--config=" + resolve_config_path(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(argv):
+            argv[i + 1] = resolve_config_path(argv[i + 1])
+    return argv
+
+
+def config_name(config_filename: str) -> str:
+    """`/path/to/l2_noise.py:smoke` -> `l2_noise:smoke`."""
+    path, sep, arg = config_filename.partition(":")
+    return Path(path).stem + sep + arg
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every kind of bad flag turned into one line and exit status 2."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(resolve_config_argv(argv))
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except AttributeError as e:  # ml_collections: an override names a field the config lacks
+        _fail(f"the config has no field {str(e).strip(chr(34))}; check the --config.x=... "
+              f"overrides (a locked config takes no new fields).", 2)
+    except (flags.Error, ValueError, TypeError, KeyError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        _fail(f"bad flag: {lines[-1] if lines else type(e).__name__}", 2)
+
+
+def _fail(message: str, status: int = 1):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def run(main) -> None:
+    """`absl.app.run(main)` with bare config names, and bad flags or expected errors (missing
+    data, unusable workdir, non-finite loss, ...) reported as one line with a non-zero status."""
+    from absl import app
+
+    def main_with_errors(argv):
+        try:
+            main(argv)
+        except EXPECTED_ERRORS as e:
+            _fail(str(e))
+
+    app.run(main_with_errors, flags_parser=_parse_flags)

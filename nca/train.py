@@ -1,0 +1,349 @@
+"""Pool + mutation training of the self-classifying MNIST CA, as the article's notebook does it.
+
+Each iteration: sample `batch_size` pool members without replacement; replace the first quarter
+with fresh training digits (zero state) and mutate the last quarter into new training digits; run
+`num_ca_steps` CA steps with `lax.scan`; take the loss on the final state; normalise each gradient
+tensor, `g / (||g|| + 1e-8)`; one Adam step; write the states and labels back to the pool.
+
+Data-parallel over a 1-D `("data",)` mesh: params replicated, the pool and the batch sharded along
+`data`. The same code runs on one CPU, N simulated CPU devices and a TPU slice.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from nca import checkpoint, data, losses, model
+from nca.config import ConfigError
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # () int32: iterations done
+    params: model.Params
+    opt_state: optax.OptState
+    rng: jax.Array  # (2,) uint32: base key; iteration t uses fold_in(rng, t)
+    pool_states: jax.Array  # (pool_size, 28, 28, 20) float32
+    pool_labels: jax.Array  # (pool_size,) int32
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unwritable workdir); the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser and state
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """`learning_rate`, x0.1 after each of `lr_boundaries` iterations."""
+    return optax.piecewise_constant_schedule(
+        config.learning_rate, {int(b): 0.1 for b in config.lr_boundaries}
+    )
+
+
+def normalize_per_tensor(eps: float) -> optax.GradientTransformation:
+    """`g / (||g|| + eps)` for every parameter tensor (the article's gradient normalisation)."""
+    return optax.stateless(
+        lambda grads, params=None: jax.tree.map(lambda g: g / (jnp.linalg.norm(g) + eps), grads)
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.chain(
+        normalize_per_tensor(config.grad_norm_eps),
+        optax.adam(learning_rate_schedule(config), eps=config.adam_eps),
+    )
+
+
+def num_fresh_digits(config: ml_collections.ConfigDict) -> int:
+    """How many new training digits one iteration consumes."""
+    if not config.use_pool:
+        return config.batch_size
+    quarter = config.batch_size // 4
+    return 2 * quarter if config.mutate else quarter
+
+
+def init_train_state(
+    config: ml_collections.ConfigDict, images: jax.Array, labels: jax.Array
+) -> TrainState:
+    """Fresh params and an initial pool of `pool_size` random training digits at zero state.
+
+    images: `(N, 28, 28)` grey in [0, 1]; labels: `(N,)`.
+    """
+    rng, k_params, k_pool = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    params = model.init_params(k_params)
+    idx = jax.random.randint(k_pool, (config.pool_size,), 0, images.shape[0])
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=make_optimizer(config).init(params),
+        rng=rng,
+        pool_states=model.seed_state(images[idx]),
+        pool_labels=jnp.asarray(labels)[idx].astype(jnp.int32),
+    )
+
+
+def sample_fresh_digits(
+    config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray, step: int
+) -> dict[str, np.ndarray]:
+    """The new training digits of iteration `step`, drawn from a generator seeded by
+    `(seed, step)`, so a resumed run draws exactly what an uninterrupted one would."""
+    rng = np.random.default_rng([config.seed, step])
+    idx = rng.integers(0, images.shape[0], size=num_fresh_digits(config))
+    return {"images": images[idx], "labels": labels[idx]}
+
+
+# --------------------------------------------------------------------------------------------
+# One training step
+
+
+def assemble_batch(
+    config: ml_collections.ConfigDict, state: TrainState, batch: dict[str, jax.Array], key
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The CA states and labels to train on this iteration, and the pool slots they came from.
+
+    With the pool: `batch_size` members sampled without replacement; the first quarter replaced by
+    fresh digits at zero state, the last quarter (if `mutate`) mutated into new digits.
+    """
+    images, labels = batch["images"], batch["labels"]
+    if not config.use_pool:
+        return model.seed_state(images), labels, None
+    quarter = config.batch_size // 4
+    idx = jax.random.permutation(key, config.pool_size)[: config.batch_size]
+    x = state.pool_states[idx]
+    y = state.pool_labels[idx]
+    x = x.at[:quarter].set(model.seed_state(images[:quarter]))
+    y = y.at[:quarter].set(labels[:quarter])
+    if config.mutate:
+        x = x.at[-quarter:].set(model.mutate(x[-quarter:], images[quarter:]))
+        y = y.at[-quarter:].set(labels[quarter:])
+    return x, y, idx
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+    """`train_step(state, batch, key) -> (state, metrics)`: pure, to be jitted once by the caller.
+
+    batch: `sample_fresh_digits` output. metrics: `train/loss`, `train/grad_norm` (global norm
+    before normalisation), `train/lr` (the rate this step used).
+    """
+    optimizer = make_optimizer(config)
+    schedule = learning_rate_schedule(config)
+    loss_fn = losses.LOSSES[config.loss]
+    m = config.model
+    if m.step_impl not in model.STEP_IMPLS:
+        raise ConfigError(
+            f"unknown model.step_impl {m.step_impl!r}; choose one of {sorted(model.STEP_IMPLS)}."
+        )
+    step_fn = model.STEP_IMPLS[m.step_impl]
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+        k_pool, k_rollout = jax.random.split(key)
+        x0, labels, idx = assemble_batch(config, state, batch, k_pool)
+        if mesh is not None:
+            x0 = jax.lax.with_sharding_constraint(x0, NamedSharding(mesh, P("data")))
+
+        def objective(params):
+            x = model.rollout(
+                params, x0, k_rollout, config.num_ca_steps, m.fire_rate, m.noise_std, step_fn
+            )
+            return loss_fn(x, labels), x
+
+        (loss, x), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+        )
+        if idx is not None:
+            new_state = new_state.replace(
+                pool_states=state.pool_states.at[idx].set(x),
+                pool_labels=state.pool_labels.at[idx].set(labels),
+            )
+        metrics = {
+            "train/loss": loss,
+            "train/grad_norm": optax.tree.norm(grads),
+            "train/lr": schedule(state.step),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+    """A 1-D `("data",)` mesh over the first `num_devices` devices (all by default)."""
+    devices = jax.devices()[: num_devices or len(jax.devices())]
+    return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+    """Params, optimiser state, rng and step replicated; the pool sharded along `data` when its
+    size divides evenly over the devices."""
+    replicated = NamedSharding(mesh, P())
+    pool = NamedSharding(mesh, P("data")) if state.pool_labels.shape[0] % mesh.size == 0 else replicated
+    shardings = jax.tree.map(lambda _: replicated, state)
+    return shardings.replace(pool_states=pool, pool_labels=pool)
+
+
+def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shardings):
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        make_train_step(config, mesh),
+        in_shardings=(shardings, replicated, replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+class _StopRequest:
+    """Turns SIGINT / SIGTERM into a flag the loop checks after each iteration."""
+
+    def __init__(self):
+        self.signal_name = None
+
+    def __enter__(self):
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None:  # a second signal: give up at once
+            signal.signal(signum, self._previous[signum])
+            signal.raise_signal(signum)
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"cannot write to workdir {workdir}: {e.strerror or e}.") from e
+
+
+def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = data.load_mnist("train", config.data.mnist_dir or None)
+    if config.data.max_train_images:
+        images, labels = images[: config.data.max_train_images], labels[: config.data.max_train_images]
+    return data.to_grey(images), labels
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    max_iterations: int | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Trains to `config.num_train_steps`, resuming from the newest checkpoint in `workdir`.
+
+    Checkpoints every `checkpoint_every` iterations, at the end, and when stopped by SIGINT /
+    SIGTERM. `max_iterations` stops this call early (after that many iterations), as a
+    preemption would. Returns the final train state.
+    """
+    workdir = Path(workdir)
+    _check_workdir(workdir)
+    images, labels = load_training_data(config)
+    mesh = make_mesh()
+
+    state = init_train_state(config, images, labels)
+    shardings = state_shardings(state, mesh)
+    state = jax.device_put(state, shardings)
+    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
+    restored = checkpoint.restore_latest(mngr, state)
+    start = 0
+    if restored is not None:
+        state, start = restored
+        tqdm.write(f"Resuming from checkpoint {start} in {checkpoint.checkpoint_dir(workdir)}")
+    checkpoint.write_config_json(workdir, config)
+
+    train_step = jit_train_step(config, mesh, shardings)
+    end = config.num_train_steps
+    if max_iterations is not None:
+        end = min(end, start + max_iterations)
+    last_saved = start if restored is not None else None
+
+    def save(step: int, metrics: dict[str, Any]) -> None:
+        nonlocal last_saved
+        _check_finite(metrics, step, last_saved, workdir)
+        checkpoint.save(mngr, step, state, config)
+        last_saved = step
+
+    metrics_path = workdir / "metrics.jsonl"
+    bar = tqdm(total=end, initial=start, desc=config.name or "train", disable=not progress,
+               unit="it", dynamic_ncols=True)
+    t_last, step_last = time.perf_counter(), start
+    metrics = None
+    with _StopRequest() as stop, open(metrics_path, "a") as log:
+        for step in range(start, end):
+            batch = sample_fresh_digits(config, images, labels, step)
+            key = jax.random.fold_in(state.rng, step)
+            state, metrics = train_step(state, batch, key)
+            bar.update()
+            done = step + 1
+            if done % config.log_every == 0 or done == end:
+                metrics = jax.device_get(metrics)
+                _check_finite(metrics, done, last_saved, workdir)
+                now = time.perf_counter()
+                row = {"step": done, **{k: float(v) for k, v in metrics.items()},
+                       "train/iterations_per_sec": (done - step_last) / (now - t_last)}
+                t_last, step_last = now, done
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{row['train/loss']:.4g}")
+            if done % config.checkpoint_every == 0 or done == end:
+                save(done, jax.device_get(metrics))
+            if stop.signal_name:
+                if last_saved != done:
+                    save(done, jax.device_get(metrics))
+                mngr.wait_until_finished()
+                bar.close()
+                tqdm.write(
+                    f"{stop.signal_name} received: saved checkpoint {done} in "
+                    f"{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume."
+                )
+                break
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    return state
+
+
+def _check_finite(metrics, step: int, last_saved: int | None, workdir: Path) -> None:
+    bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+    if bad:
+        kept = (f"the last good checkpoint, step {last_saved}, is left intact in "
+                f"{checkpoint.checkpoint_dir(workdir)}" if last_saved is not None
+                else "no checkpoint was saved")
+        raise TrainingError(f"non-finite {bad} at iteration {step}; stopping: {kept}.")
+

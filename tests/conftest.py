@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny synthetic MNIST IDX files, and where the real data lives (if present)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+SHARED_MNIST = SHARED / "data" / "mnist"
+SHARED_MODEL = SHARED / "reference" / "distill_selforg_mnist_l2_noise.model.json"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Writes a uint8 array as a gzipped IDX file, the format of the original MNIST files."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`n` 28x28 images: a 6x12 block at a random place whose grey level encodes the label (a
+    cell can see its label locally, so even a few CA steps can learn the task)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = np.zeros((n, 28, 28), np.uint8)
+    for i, k in enumerate(labels):
+        top, left = rng.integers(2, 20), rng.integers(2, 14)
+        images[i, top : top + 6, left : left + 12] = 70 + 20 * k
+    return images, labels
+
+
+def make_mnist_dir(directory: Path, n_train: int = 64, n_test: int = 32) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_digits(n, seed)
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:
+    """A folder of tiny synthetic MNIST IDX files (tests never need the real data)."""
+    return make_mnist_dir(tmp_path_factory.mktemp("mnist"))
+
+
+requires_shared = pytest.mark.skipif(
+    not (SHARED_MNIST.is_dir() and SHARED_MODEL.is_file()),
+    reason="needs ../shared (real MNIST and the published Distill weights)",
+)

@@ -1,0 +1,36 @@
+"""Config names, options and their errors."""
+
+import pytest
+
+from nca.config import ConfigError, available_configs, load_config
+
+
+def test_every_config_and_option_loads():
+    assert {"ce", "l2", "l2_noise"} <= set(available_configs())
+    for name in available_configs():
+        for arg in ("", ":smoke", ":no_pool,smoke", ":no_mutation"):
+            config = load_config(name + arg)
+            assert config.name == name + arg
+            assert config.batch_size % 4 == 0 and config.pool_size >= config.batch_size
+
+
+def test_article_settings():
+    c = load_config("l2_noise")
+    assert (c.loss, c.model.noise_std, c.model.fire_rate) == ("l2", 0.02, 0.5)
+    assert (c.batch_size, c.pool_size, c.num_ca_steps, c.num_train_steps) == (16, 160, 20, 100_000)
+    assert tuple(c.lr_boundaries) == (30_000, 70_000) and c.adam_eps == 1e-7
+    assert load_config("ce").loss == "ce" and load_config("l2").model.noise_std == 0.0
+    assert not load_config("l2_noise:no_pool").use_pool
+    assert not load_config("l2_noise:no_mutation").mutate
+
+
+def test_unknown_name_and_option_are_clear():
+    with pytest.raises(ConfigError, match="Available configs: .*l2_noise"):
+        load_config("l3")
+    with pytest.raises(ConfigError, match="valid options"):
+        load_config("l2_noise:tiny")
+
+
+def test_configs_are_locked():
+    with pytest.raises(AttributeError):
+        load_config("l2").no_such_field = 1

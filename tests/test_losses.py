@@ -1,0 +1,63 @@
+"""Losses and metrics on hand-built states."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca import losses
+
+
+def make_state(grey, class_values):
+    """grey: (B, H, W); class_values: (B, H, W, 10); hidden channels 0."""
+    grey = jnp.asarray(grey, jnp.float32)
+    hidden = jnp.zeros((*grey.shape, 9))
+    return jnp.concatenate([grey[..., None], hidden, jnp.asarray(class_values, jnp.float32)], -1)
+
+
+def test_l2_loss_hand_computed():
+    grey = [[[1.0, 0.0]]]  # one alive, one dead cell
+    values = np.zeros((1, 1, 2, 10))
+    values[0, 0, 0, 3] = 0.5  # alive cell, label 3: error 0.5 on channel 3
+    values[0, 0, 0, 4] = 1.0  # and 1 on channel 4
+    loss = losses.l2_loss(make_state(grey, values), jnp.array([3]))
+    assert float(loss) == pytest.approx((0.5**2 + 1.0**2) / 2)
+
+
+def test_l2_loss_is_a_batch_mean():
+    values = np.zeros((2, 1, 1, 10))
+    state = make_state([[[1.0]], [[1.0]]], values)
+    assert float(losses.l2_loss(state, jnp.array([0, 1]))) == pytest.approx(0.5)
+
+
+def test_ce_loss_counts_alive_cells_only():
+    values = np.zeros((1, 1, 2, 10))
+    values[0, 0, 0, 2] = 100.0  # alive, confidently right: ~0 loss
+    values[0, 0, 1, 5] = 100.0  # dead, "wrong": must not count
+    loss = losses.ce_loss(make_state([[[1.0, 0.0]]], values), jnp.array([2]))
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    uniform = losses.ce_loss(make_state([[[1.0, 0.0]]], np.zeros((1, 1, 2, 10))), jnp.array([2]))
+    assert float(uniform) == pytest.approx(np.log(10), rel=1e-6)
+
+
+def test_accuracy_pools_cells_over_the_batch():
+    values = np.zeros((2, 1, 3, 10))
+    values[0, 0, :, 1] = 1.0  # image 0: 3 alive cells vote 1 (right)
+    values[1, 0, 0, 7] = 1.0  # image 1: one alive cell votes 7 (wrong, label 2)
+    grey = [[[1.0, 1.0, 1.0]], [[1.0, 0.0, 0.0]]]
+    acc = losses.average_cell_accuracy(make_state(grey, values), jnp.array([1, 2]))
+    assert float(acc) == pytest.approx(3 / 4)
+
+
+def test_agreement_ignores_all_negative_and_dead_cells():
+    values = np.zeros((3, 1, 3, 10))
+    values[0, 0, 0, 4] = 1.0
+    values[0, 0, 1, 4] = 2.0
+    values[0, 0, 2] = -1.0  # all negative: not counted, though argmax says 0
+    values[1, 0, 0, 4] = 1.0
+    values[1, 0, 1, 5] = 1.0  # disagrees
+    values[2, 0, 0, 6] = 1.0
+    values[2, 0, 2, 1] = 1.0  # dead cell: not counted
+    grey = [[[1.0, 1.0, 1.0]], [[1.0, 1.0, 0.0]], [[1.0, 0.0, 0.0]]]
+    agree = losses.agreement(make_state(grey, values))
+    np.testing.assert_array_equal(agree, [True, False, True])
+    assert float(losses.total_agreement(make_state(grey, values))) == pytest.approx(2 / 3)

@@ -1,0 +1,48 @@
+"""The published Distill weights: import, and the article's accuracy on real test digits."""
+
+import jax
+import numpy as np
+import pytest
+
+from nca import data, evaluate, model, reference
+from tests.conftest import SHARED_MNIST, SHARED_MODEL, requires_shared
+
+
+@pytest.mark.skipif(not SHARED_MODEL.is_file(), reason="needs ../shared/reference")
+def test_import_shapes_and_count():
+    params = reference.load_distill_params(SHARED_MODEL)
+    init = model.init_params(jax.random.PRNGKey(0))
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, init)
+    assert model.num_params(params) == 22_499
+    assert np.abs(params["output"]["kernel"]).max() > 0  # trained, not a fresh init
+
+
+def test_missing_or_malformed_model_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=reference.ENV_VAR):
+        reference.load_distill_params(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "graph-model"}')
+    with pytest.raises(ValueError, match="not a TensorFlow.js graph model"):
+        reference.load_distill_params(bad)
+
+
+@pytest.mark.slow
+@requires_shared
+def test_published_weights_classify_the_first_1000_test_digits():
+    """The article reports 95.3 % accuracy and 88.1 % agreement at 200 steps (full test set)."""
+    params = reference.load_distill_params(SHARED_MODEL)
+    images, labels = data.load_mnist("test", str(SHARED_MNIST))
+    grey = data.to_grey(images[:1000])
+    totals = None
+    for start in range(0, 1000, 250):  # bounded memory
+        curves = evaluate.metric_curves(
+            params, grey[start : start + 250], labels[start : start + 250],
+            jax.random.PRNGKey(start), num_steps=200, fire_rate=0.5, noise_std=0.02,
+        )
+        totals = curves if totals is None else jax.tree.map(np.add, totals, curves)
+    accuracy, agreement = evaluate.accuracy_and_agreement(totals, 1000)
+    print(f"published weights, 1000 digits, step 200: accuracy {accuracy[-1]:.4f}, "
+          f"agreement {agreement[-1]:.4f}")
+    assert accuracy[-1] >= 0.93
+    assert agreement[-1] >= 0.85
+    assert accuracy[9] < accuracy[-1]  # cells start undecided and converge

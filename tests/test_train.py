@@ -1,0 +1,146 @@
+"""The training step, pool semantics, resume, and data parallelism."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca import checkpoint, model, train
+from nca.config import load_config
+from tests.conftest import REPO_ROOT
+
+
+def tiny_config(mnist_dir, spec="l2_noise:smoke", **overrides):
+    config = load_config(spec)
+    config.data.mnist_dir = str(mnist_dir)
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def setup(mnist_dir):
+    config = tiny_config(mnist_dir)
+    images, labels = train.load_training_data(config)
+    mesh = train.make_mesh(1)
+    state = train.init_train_state(config, images, labels)
+    shardings = train.state_shardings(state, mesh)
+    return config, images, labels, state, jax.jit(train.make_train_step(config, mesh))
+
+
+def test_assemble_batch_seeds_first_quarter_and_mutates_last(setup):
+    config, images, labels, state, _ = setup
+    # give every pool member a recognisable non-zero state
+    state = state.replace(pool_states=state.pool_states.at[..., 1:].set(7.0))
+    batch = train.sample_fresh_digits(config, images, labels, step=3)
+    assert batch["images"].shape[0] == 2 * (config.batch_size // 4)
+    x, y, idx = train.assemble_batch(config, state, batch, jax.random.PRNGKey(0))
+    q = config.batch_size // 4
+    assert len(set(np.asarray(idx).tolist())) == config.batch_size  # without replacement
+    np.testing.assert_array_equal(x[:q, ..., 0], batch["images"][:q])
+    np.testing.assert_array_equal(x[:q, ..., 1:], 0.0)  # fresh digits start at zero
+    np.testing.assert_array_equal(y[:q], batch["labels"][:q])
+    np.testing.assert_array_equal(x[q:-q], state.pool_states[idx[q:-q]])  # middle persists
+    np.testing.assert_array_equal(y[-q:], batch["labels"][q:])
+    np.testing.assert_array_equal(x[-q:], model.mutate(state.pool_states[idx[-q:]], batch["images"][q:]))
+    assert np.any(np.asarray(x[-q:, ..., 1:]) == 7.0)  # mutants keep their old states
+
+
+def test_no_pool_and_no_mutation_variants(mnist_dir):
+    images = jnp.zeros((8, 28, 28))
+    labels = jnp.arange(8) % 10
+    for spec, n_fresh in (("l2_noise:no_pool,smoke", 4), ("l2_noise:no_mutation,smoke", 1)):
+        config = tiny_config(mnist_dir, spec)
+        assert train.num_fresh_digits(config) == n_fresh
+        state = train.init_train_state(config, images, labels)
+        batch = {"images": images[:n_fresh], "labels": labels[:n_fresh]}
+        x, y, idx = train.assemble_batch(config, state, batch, jax.random.PRNGKey(0))
+        assert x.shape == (config.batch_size, 28, 28, 20)
+        assert (idx is None) == (not config.use_pool)
+
+
+def test_train_step_writes_back_pool_and_steps_adam(setup):
+    config, images, labels, state, step_fn = setup
+    batch = train.sample_fresh_digits(config, images, labels, step=0)
+    key = jax.random.PRNGKey(5)
+    new_state, metrics = step_fn(state, batch, key)
+    assert int(new_state.step) == 1
+    assert np.isfinite(metrics["train/loss"]) and float(metrics["train/lr"]) == pytest.approx(config.learning_rate)
+    changed = np.any(np.asarray(new_state.pool_states != state.pool_states), axis=(1, 2, 3))
+    _, _, idx = train.assemble_batch(config, state, batch, jax.random.split(key)[0])
+    assert set(np.flatnonzero(changed)) <= set(np.asarray(idx).tolist())
+    assert changed.sum() >= config.batch_size // 2  # the states moved (output layer now non-zero)
+    # Adam with normalised gradients moves every output weight by ~lr on the first step
+    delta = np.abs(new_state.params["output"]["kernel"] - state.params["output"]["kernel"])
+    assert 0.5 * config.learning_rate < delta.max() <= 1.01 * config.learning_rate
+
+
+def test_gradient_normalisation_is_per_tensor():
+    grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[0.0, 10.0]])}
+    out, _ = train.normalize_per_tensor(1e-8).update(grads, None)
+    np.testing.assert_allclose(out["a"], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(out["b"], [[0.0, 1.0]], rtol=1e-6)
+
+
+def test_loss_goes_down_on_synthetic_digits(mnist_dir, tmp_path):
+    config = tiny_config(mnist_dir, "l2:no_pool,smoke", num_train_steps=150, batch_size=8,
+                         learning_rate=3e-3, lr_boundaries=(1000, 2000), log_every=1,
+                         checkpoint_every=150)
+    train.train_and_evaluate(config, tmp_path, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    losses = [r["train/loss"] for r in rows]
+    assert len(rows) == 150 and rows[-1]["step"] == 150
+    assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20]), losses
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(mnist_dir, tmp_path):
+    config = tiny_config(mnist_dir, num_train_steps=8, checkpoint_every=2)
+    straight = train.train_and_evaluate(config, tmp_path / "a", progress=False)
+    first = train.train_and_evaluate(config, tmp_path / "b", max_iterations=3, progress=False)
+    assert int(first.step) == 3
+    assert checkpoint.manager(tmp_path / "b").latest_step() == 3  # saved when stopped early
+    resumed = train.train_and_evaluate(config, tmp_path / "b", progress=False)
+    assert int(resumed.step) == 8
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    _, params, step = checkpoint.load_params(tmp_path / "b")
+    assert step == 8
+    jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(straight.params))
+
+
+def test_four_devices_compute_the_same_loss_as_one(mnist_dir):
+    script = textwrap.dedent(f"""
+        import jax
+        jax.config.update("jax_num_cpu_devices", 4)
+        import numpy as np
+        from nca import train
+        from nca.config import load_config
+        config = load_config("l2_noise:smoke")
+        config.data.mnist_dir = {str(mnist_dir)!r}
+        images, labels = train.load_training_data(config)
+        results = []
+        for n in (1, 4):
+            mesh = train.make_mesh(n)
+            state = train.init_train_state(config, images, labels)
+            shardings = train.state_shardings(state, mesh)
+            state = jax.device_put(state, shardings)
+            step = train.jit_train_step(config, mesh, shardings)
+            for t in range(3):
+                batch = train.sample_fresh_digits(config, images, labels, t)
+                state, metrics = step(state, batch, jax.random.fold_in(state.rng, t))
+            assert len(state.pool_states.sharding.device_set) == n
+            results.append((float(metrics["train/loss"]), jax.device_get(state.params)))
+        (loss1, p1), (loss4, p4) = results
+        print("losses", loss1, loss4)
+        np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p4)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "losses" in out.stdout
