@@ -1,6 +1,6 @@
 """Cross-entropy loss, no residual noise (the article's first model).
 
-    python -m experiments.train --config=ce --workdir=workdirs/ce
+python -m experiments.train --config=ce --workdir=workdirs/ce
 """
 
 from configs.common import selforg_mnist_config

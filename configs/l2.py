@@ -1,6 +1,6 @@
 """L2 loss on the class channels, no residual noise.
 
-    python -m experiments.train --config=l2 --workdir=workdirs/l2
+python -m experiments.train --config=l2 --workdir=workdirs/l2
 """
 
 from configs.common import selforg_mnist_config

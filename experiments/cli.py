@@ -40,8 +40,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except ConfigError as e:
         _fail(str(e), 2)
     except AttributeError as e:  # ml_collections: an override names a field the config lacks
-        _fail(f"the config has no field {str(e).strip(chr(34))}; check the --config.x=... "
-              f"overrides (a locked config takes no new fields).", 2)
+        _fail(
+            f"the config has no field {str(e).strip(chr(34))}; check the --config.x=... "
+            f"overrides (a locked config takes no new fields).",
+            2,
+        )
     except (flags.Error, ValueError, TypeError, KeyError) as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
         _fail(f"bad flag: {lines[-1] if lines else type(e).__name__}", 2)

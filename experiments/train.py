@@ -1,8 +1,8 @@
 """Train a model from a config; rerunning the same command resumes from the last checkpoint.
 
-    python -m experiments.train --config=l2_noise --workdir=workdirs/l2_noise
-    python -m experiments.train --config=l2_noise:smoke --workdir=/tmp/smoke
-    python -m experiments.train --config=ce --workdir=workdirs/ce --config.num_train_steps=20000
+python -m experiments.train --config=l2_noise --workdir=workdirs/l2_noise
+python -m experiments.train --config=l2_noise:smoke --workdir=/tmp/smoke
+python -m experiments.train --config=ce --workdir=workdirs/ce --config.num_train_steps=20000
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from experiments import cli
 from nca import train
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config name in configs/ (e.g. l2_noise or l2_noise:smoke) or a .py path.",
+    "config",
+    None,
+    "Config name in configs/ (e.g. l2_noise or l2_noise:smoke) or a .py path.",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")

@@ -17,9 +17,7 @@ class ConfigError(ValueError):
 
 
 def available_configs() -> list[str]:
-    return sorted(
-        p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common")
-    )
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common"))
 
 
 def resolve_config_path(spec: str) -> str:

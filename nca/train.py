@@ -135,6 +135,22 @@ def assemble_batch(
     return x, y, idx
 
 
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises `ConfigError` for settings the trainer cannot run, before anything is written."""
+    choices = {
+        "loss": (config.loss, losses.LOSSES),
+        "model.step_impl": (config.model.step_impl, model.STEP_IMPLS),
+    }
+    for field, (value, valid) in choices.items():
+        if value not in valid:
+            raise ConfigError(f"unknown {field} {value!r}; choose one of {sorted(valid)}.")
+    if config.use_pool and not 4 <= config.batch_size <= config.pool_size:
+        raise ConfigError(
+            f"batch_size {config.batch_size} must be at least 4 (a quarter is replaced, a quarter "
+            f"mutated) and at most pool_size {config.pool_size}."
+        )
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
     """`train_step(state, batch, key) -> (state, metrics)`: pure, to be jitted once by the caller.
 
@@ -145,10 +161,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
     schedule = learning_rate_schedule(config)
     loss_fn = losses.LOSSES[config.loss]
     m = config.model
-    if m.step_impl not in model.STEP_IMPLS:
-        raise ConfigError(
-            f"unknown model.step_impl {m.step_impl!r}; choose one of {sorted(model.STEP_IMPLS)}."
-        )
+    validate_config(config)
     step_fn = model.STEP_IMPLS[m.step_impl]
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
@@ -199,7 +212,11 @@ def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
     """Params, optimiser state, rng and step replicated; the pool sharded along `data` when its
     size divides evenly over the devices."""
     replicated = NamedSharding(mesh, P())
-    pool = NamedSharding(mesh, P("data")) if state.pool_labels.shape[0] % mesh.size == 0 else replicated
+    pool = (
+        NamedSharding(mesh, P("data"))
+        if state.pool_labels.shape[0] % mesh.size == 0
+        else replicated
+    )
     shardings = jax.tree.map(lambda _: replicated, state)
     return shardings.replace(pool_states=pool, pool_labels=pool)
 
@@ -254,7 +271,10 @@ def _check_workdir(workdir: Path) -> None:
 def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
     images, labels = data.load_mnist("train", config.data.mnist_dir or None)
     if config.data.max_train_images:
-        images, labels = images[: config.data.max_train_images], labels[: config.data.max_train_images]
+        images, labels = (
+            images[: config.data.max_train_images],
+            labels[: config.data.max_train_images],
+        )
     return data.to_grey(images), labels
 
 
@@ -271,6 +291,7 @@ def train_and_evaluate(
     SIGTERM. `max_iterations` stops this call early (after that many iterations), as a
     preemption would. Returns the final train state.
     """
+    validate_config(config)
     workdir = Path(workdir)
     _check_workdir(workdir)
     images, labels = load_training_data(config)
@@ -300,8 +321,14 @@ def train_and_evaluate(
         last_saved = step
 
     metrics_path = workdir / "metrics.jsonl"
-    bar = tqdm(total=end, initial=start, desc=config.name or "train", disable=not progress,
-               unit="it", dynamic_ncols=True)
+    bar = tqdm(
+        total=end,
+        initial=start,
+        desc=config.name or "train",
+        disable=not progress,
+        unit="it",
+        dynamic_ncols=True,
+    )
     t_last, step_last = time.perf_counter(), start
     metrics = None
     with _StopRequest() as stop, open(metrics_path, "a") as log:
@@ -315,8 +342,11 @@ def train_and_evaluate(
                 metrics = jax.device_get(metrics)
                 _check_finite(metrics, done, last_saved, workdir)
                 now = time.perf_counter()
-                row = {"step": done, **{k: float(v) for k, v in metrics.items()},
-                       "train/iterations_per_sec": (done - step_last) / (now - t_last)}
+                row = {
+                    "step": done,
+                    **{k: float(v) for k, v in metrics.items()},
+                    "train/iterations_per_sec": (done - step_last) / (now - t_last),
+                }
                 t_last, step_last = now, done
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -342,8 +372,10 @@ def train_and_evaluate(
 def _check_finite(metrics, step: int, last_saved: int | None, workdir: Path) -> None:
     bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
     if bad:
-        kept = (f"the last good checkpoint, step {last_saved}, is left intact in "
-                f"{checkpoint.checkpoint_dir(workdir)}" if last_saved is not None
-                else "no checkpoint was saved")
+        kept = (
+            f"the last good checkpoint, step {last_saved}, is left intact in "
+            f"{checkpoint.checkpoint_dir(workdir)}"
+            if last_saved is not None
+            else "no checkpoint was saved"
+        )
         raise TrainingError(f"non-finite {bad} at iteration {step}; stopping: {kept}.")
-

@@ -136,5 +136,6 @@ def test_rollout_traces_once_and_vmaps():
     # vmapping over per-image keys gives one independent batch-of-1 rollout per image
     keys = jax.random.split(KEY, 2)
     per_image = jax.vmap(lambda x, k: model.rollout(params, x[None], k, 5)[0])(state, keys)
-    np.testing.assert_allclose(per_image[1], model.rollout(params, state[1:], keys[1], 5)[0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        per_image[1], model.rollout(params, state[1:], keys[1], 5)[0], atol=1e-6
+    )

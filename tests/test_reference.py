@@ -36,13 +36,20 @@ def test_published_weights_classify_the_first_1000_test_digits():
     totals = None
     for start in range(0, 1000, 250):  # bounded memory
         curves = evaluate.metric_curves(
-            params, grey[start : start + 250], labels[start : start + 250],
-            jax.random.PRNGKey(start), num_steps=200, fire_rate=0.5, noise_std=0.02,
+            params,
+            grey[start : start + 250],
+            labels[start : start + 250],
+            jax.random.PRNGKey(start),
+            num_steps=200,
+            fire_rate=0.5,
+            noise_std=0.02,
         )
         totals = curves if totals is None else jax.tree.map(np.add, totals, curves)
     accuracy, agreement = evaluate.accuracy_and_agreement(totals, 1000)
-    print(f"published weights, 1000 digits, step 200: accuracy {accuracy[-1]:.4f}, "
-          f"agreement {agreement[-1]:.4f}")
+    print(
+        f"published weights, 1000 digits, step 200: accuracy {accuracy[-1]:.4f}, "
+        f"agreement {agreement[-1]:.4f}"
+    )
     assert accuracy[-1] >= 0.93
     assert agreement[-1] >= 0.85
     assert accuracy[9] < accuracy[-1]  # cells start undecided and converge

@@ -29,7 +29,6 @@ def setup(mnist_dir):
     images, labels = train.load_training_data(config)
     mesh = train.make_mesh(1)
     state = train.init_train_state(config, images, labels)
-    shardings = train.state_shardings(state, mesh)
     return config, images, labels, state, jax.jit(train.make_train_step(config, mesh))
 
 
@@ -47,7 +46,9 @@ def test_assemble_batch_seeds_first_quarter_and_mutates_last(setup):
     np.testing.assert_array_equal(y[:q], batch["labels"][:q])
     np.testing.assert_array_equal(x[q:-q], state.pool_states[idx[q:-q]])  # middle persists
     np.testing.assert_array_equal(y[-q:], batch["labels"][q:])
-    np.testing.assert_array_equal(x[-q:], model.mutate(state.pool_states[idx[-q:]], batch["images"][q:]))
+    np.testing.assert_array_equal(
+        x[-q:], model.mutate(state.pool_states[idx[-q:]], batch["images"][q:])
+    )
     assert np.any(np.asarray(x[-q:, ..., 1:]) == 7.0)  # mutants keep their old states
 
 
@@ -70,7 +71,9 @@ def test_train_step_writes_back_pool_and_steps_adam(setup):
     key = jax.random.PRNGKey(5)
     new_state, metrics = step_fn(state, batch, key)
     assert int(new_state.step) == 1
-    assert np.isfinite(metrics["train/loss"]) and float(metrics["train/lr"]) == pytest.approx(config.learning_rate)
+    assert np.isfinite(metrics["train/loss"]) and float(metrics["train/lr"]) == pytest.approx(
+        config.learning_rate
+    )
     changed = np.any(np.asarray(new_state.pool_states != state.pool_states), axis=(1, 2, 3))
     _, _, idx = train.assemble_batch(config, state, batch, jax.random.split(key)[0])
     assert set(np.flatnonzero(changed)) <= set(np.asarray(idx).tolist())
@@ -88,9 +91,16 @@ def test_gradient_normalisation_is_per_tensor():
 
 
 def test_loss_goes_down_on_synthetic_digits(mnist_dir, tmp_path):
-    config = tiny_config(mnist_dir, "l2:no_pool,smoke", num_train_steps=150, batch_size=8,
-                         learning_rate=3e-3, lr_boundaries=(1000, 2000), log_every=1,
-                         checkpoint_every=150)
+    config = tiny_config(
+        mnist_dir,
+        "l2:no_pool,smoke",
+        num_train_steps=150,
+        batch_size=8,
+        learning_rate=3e-3,
+        lr_boundaries=(1000, 2000),
+        log_every=1,
+        checkpoint_every=150,
+    )
     train.train_and_evaluate(config, tmp_path, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     losses = [r["train/loss"] for r in rows]
@@ -106,7 +116,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(mnist_dir, tmp_path)
     assert checkpoint.manager(tmp_path / "b").latest_step() == 3  # saved when stopped early
     resumed = train.train_and_evaluate(config, tmp_path / "b", progress=False)
     assert int(resumed.step) == 8
-    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     _, params, step = checkpoint.load_params(tmp_path / "b")
     assert step == 8
@@ -140,7 +150,8 @@ def test_four_devices_compute_the_same_loss_as_one(mnist_dir):
         np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p4)
     """)
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "losses" in out.stdout
