@@ -36,7 +36,10 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     c.model.kind = "selforg_mnist"
     c.model.fire_rate = 0.5
     c.model.noise_std = noise_std
-    c.model.step_impl = "im2col"  # or "conv": same function, see nca.model.STEP_IMPLS
+    # How the CA is computed (same function; see nca/fast.py): auto | conv | im2col | alive.
+    c.model.impl = "auto"
+    c.model.alive_capacity = 0.22  # `alive`: share of cells in the index table (else dense)
+    c.model.exact_randomness = False  # `alive`: draw over the whole grid, as `conv` (slower)
 
     c.loss = loss  # "l2" or "ce"
     c.num_ca_steps = 20

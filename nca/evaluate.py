@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca import losses, model
+from nca import fast, losses, model
 
 
 def step_metrics(state: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
@@ -21,7 +21,7 @@ def step_metrics(state: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "fire_rate", "noise_std", "step_impl"))
+@functools.partial(jax.jit, static_argnames=("num_steps", "fire_rate", "noise_std", "impl"))
 def metric_curves(
     params: model.Params,
     images: jax.Array,
@@ -30,10 +30,11 @@ def metric_curves(
     num_steps: int,
     fire_rate: float = 0.5,
     noise_std: float = 0.0,
-    step_impl: str = "im2col",
+    impl: str = "auto",
 ) -> dict[str, jax.Array]:
     """Runs `num_steps` steps from zero state; `step_metrics` after every step, `(num_steps,)`."""
-    _, curves = model.rollout_trajectory(
+    rollout = fast.get_rollout(impl)
+    _, curves = rollout(
         params,
         model.seed_state(images),
         key,
@@ -41,7 +42,6 @@ def metric_curves(
         fire_rate,
         noise_std,
         observe=lambda x: step_metrics(x, labels),
-        step_fn=model.STEP_IMPLS[step_impl],
     )
     return curves
 

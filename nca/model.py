@@ -18,7 +18,6 @@ TensorFlow.js weights load without transposes::
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -112,19 +111,6 @@ def perceive(params: Params, state: jax.Array) -> jax.Array:
     return jax.nn.relu(y + p["bias"])
 
 
-def perceive_im2col(params: Params, state: jax.Array) -> jax.Array:
-    """The same convolution as `perceive`, as one matrix product over gathered 3x3 neighbourhoods
-    (im2col): about 9x faster than `lax.conv_general_dilated` on CPU, forward and backward."""
-    b, h, w, c = state.shape
-    padded = jnp.pad(state, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    # (B, H, W, 9*C), neighbours in the kernel's (row, column, channel) order.
-    patches = jnp.concatenate(
-        [padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=-1
-    )
-    p = params["perceive"]
-    return jax.nn.relu(patches @ p["kernel"].reshape(9 * c, -1) + p["bias"])
-
-
 def update(params: Params, perception: jax.Array) -> jax.Array:
     """Two 1x1 convolutions: 80 -> 80 ReLU -> 19. `(..., 80) -> (..., 19)`."""
     h = jax.nn.relu(perception @ params["hidden"]["kernel"] + params["hidden"]["bias"])
@@ -171,14 +157,6 @@ def step(
     return apply_residual(state, ds, fire_mask)
 
 
-# Implementations of `step` computing the same function, selected by `config.model.step_impl`.
-# "conv" is the readable reference (and the oracle of the tests); "im2col" is faster on CPU.
-STEP_IMPLS = {
-    "conv": step,
-    "im2col": functools.partial(step, perceive_fn=perceive_im2col),
-}
-
-
 def rollout(
     params: Params,
     state: jax.Array,
@@ -187,33 +165,16 @@ def rollout(
     fire_rate: float = 0.5,
     noise_std: float = 0.0,
     step_fn=step,
-) -> jax.Array:
+    observe=None,
+) -> tuple[jax.Array, PyTree]:
     """Run `num_steps` steps with `jax.lax.scan`; step `t` uses `fold_in(key, t)`.
 
-    Returns the final state `(B, H, W, 20)`; `rollout_trajectory` also returns per-step values.
+    Returns the final state `(B, H, W, 20)` and `observe(state)` after every step, stacked on
+    axis 0 (None without `observe`).
     """
 
     def body(x, t):
-        return step_fn(params, x, jax.random.fold_in(key, t), fire_rate, noise_std), None
-
-    final, _ = jax.lax.scan(body, state, jnp.arange(num_steps))
-    return final
-
-
-def rollout_trajectory(
-    params: Params,
-    state: jax.Array,
-    key: jax.Array,
-    num_steps: int,
-    fire_rate: float = 0.5,
-    noise_std: float = 0.0,
-    observe=lambda x: x,
-    step_fn=step,
-) -> tuple[jax.Array, PyTree]:
-    """Like `rollout`, but also returns `observe(state)` after every step, stacked on axis 0."""
-
-    def body(x, t):
         x = step_fn(params, x, jax.random.fold_in(key, t), fire_rate, noise_std)
-        return x, observe(x)
+        return x, (None if observe is None else observe(x))
 
     return jax.lax.scan(body, state, jnp.arange(num_steps))

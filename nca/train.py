@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from nca import checkpoint, data, losses, model
+from nca import checkpoint, data, fast, losses, model
 from nca.config import ConfigError
 
 
@@ -138,12 +138,12 @@ def assemble_batch(
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` for settings the trainer cannot run, before anything is written."""
     choices = {
-        "loss": (config.loss, losses.LOSSES),
-        "model.step_impl": (config.model.step_impl, model.STEP_IMPLS),
+        "loss": (config.loss, tuple(losses.LOSSES)),
+        "model.impl": (config.model.impl, fast.IMPLS),
     }
     for field, (value, valid) in choices.items():
         if value not in valid:
-            raise ConfigError(f"unknown {field} {value!r}; choose one of {sorted(valid)}.")
+            raise ConfigError(f"unknown {field} {value!r}; choose one of {', '.join(valid)}.")
     if config.use_pool and not 4 <= config.batch_size <= config.pool_size:
         raise ConfigError(
             f"batch_size {config.batch_size} must be at least 4 (a quarter is replaced, a quarter "
@@ -162,7 +162,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
     loss_fn = losses.LOSSES[config.loss]
     m = config.model
     validate_config(config)
-    step_fn = model.STEP_IMPLS[m.step_impl]
+    rollout = fast.get_rollout(m.impl, m.alive_capacity, m.exact_randomness)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
         k_pool, k_rollout = jax.random.split(key)
@@ -171,9 +171,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
             x0 = jax.lax.with_sharding_constraint(x0, NamedSharding(mesh, P("data")))
 
         def objective(params):
-            x = model.rollout(
-                params, x0, k_rollout, config.num_ca_steps, m.fire_rate, m.noise_std, step_fn
-            )
+            x, _ = rollout(params, x0, k_rollout, config.num_ca_steps, m.fire_rate, m.noise_std)
             return loss_fn(x, labels), x
 
         (loss, x), grads = jax.value_and_grad(objective, has_aux=True)(state.params)

@@ -123,7 +123,7 @@ def test_sigint_saves_and_exits_cleanly(tmp_path, mnist_dir):
         (("--config.no_such_field=1",), "no field 'no_such_field'"),
         (("--config.batch_size=sixteen",), "bad flag"),
         (("--config.data.mnist_dir=/nonexistent/mnist",), "MNIST train split not found"),
-        (("--config.model.step_impl=fast",), "unknown model.step_impl"),
+        (("--config.model.impl=fast",), "unknown model.impl"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_keeps_checkpoints(trained, mnist_dir, args, message):

@@ -1,0 +1,181 @@
+"""Speed of each CA implementation (nca/fast.py) against the dense `lax.conv` reference.
+
+    python -m benchmarks.ca_speed [--out=benchmarks/results] [--eval_protocol]
+
+Measures, in one run on this machine:
+1. training iterations/s of the full `l2_noise` config (batch 16, 20 steps, L2 + noise);
+2. inference cell updates/s on 1000 test digits (200 steps; fewer for the slow reference);
+3. achieved GFLOP/s, counting the model's dense FLOPs per cell update (44,640 forward, x3 for a
+   training step), next to this machine's measured float32 matmul rate;
+4. with --eval_protocol, the wall time of the article's evaluation protocol (10,000 digits x 400
+   steps) with the fastest path.
+Results go to `<out>/ca_speed.json` and `<out>/ca_speed.md`. Never run by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from nca import data, evaluate, fast, model, train
+from nca.config import load_config
+
+_OUT = flags.DEFINE_string("out", "benchmarks/results", "Folder for the JSON and Markdown.")
+_EVAL = flags.DEFINE_bool("eval_protocol", False, "Also time 10k digits x 400 steps.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed training iterations per implementation.")
+
+FORWARD_FLOPS_PER_CELL = 2 * (9 * 20 * 80 + 80 * 80 + 80 * 19)  # 44,640
+IMPLS = ("conv", "im2col", "alive")
+
+
+def timed(fn, repeats):
+    """Seconds per call after one warm-up (compile) call."""
+    jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_gflops(n=2048, repeats=10):
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    f = jax.jit(lambda a: a @ a)
+    return 2 * n**3 / timed(lambda: f(a), repeats) / 1e9
+
+
+def train_rate(impl, images, labels, repeats):
+    config = load_config("l2_noise")
+    config.model.impl = impl
+    mesh = train.make_mesh(1)
+    state = train.init_train_state(config, images, labels)
+    shardings = train.state_shardings(state, mesh)
+    state = jax.device_put(state, shardings)
+    step = train.jit_train_step(config, mesh, shardings)
+    batches = [train.sample_fresh_digits(config, images, labels, t) for t in range(repeats + 1)]
+    calls = iter(range(repeats + 1))
+
+    def one():
+        nonlocal state
+        t = next(calls)
+        state, metrics = step(state, batches[t], jax.random.fold_in(state.rng, t))
+        return metrics
+
+    seconds = timed(one, repeats)
+    cell_updates = config.batch_size * config.num_ca_steps * 28 * 28
+    return {
+        "iterations_per_sec": 1 / seconds,
+        "seconds_per_iteration": seconds,
+        "gflops": 3 * FORWARD_FLOPS_PER_CELL * cell_updates / seconds / 1e9,
+    }
+
+
+def inference_rate(impl, params, grey, labels, num_steps):
+    rollout = jax.jit(fast.get_rollout(impl), static_argnums=(3, 4, 5))
+    state = model.seed_state(grey)
+    seconds = timed(
+        lambda: rollout(params, state, jax.random.PRNGKey(0), num_steps, 0.5, 0.02)[0], 1
+    )
+    cell_updates = grey.shape[0] * num_steps * 28 * 28
+    return {
+        "num_steps": num_steps,
+        "seconds": seconds,
+        "cell_updates_per_sec": cell_updates / seconds,
+        "gflops": FORWARD_FLOPS_PER_CELL * cell_updates / seconds / 1e9,
+    }
+
+
+def eval_protocol_seconds(params, grey, labels, impl):
+    """10 batches of 1000 digits, 200 steps with metrics, then 200 more on other digits."""
+    start = time.perf_counter()
+    for b in range(0, grey.shape[0], 1000):
+        for half in range(2):
+            idx = slice(b, b + 1000)
+            imgs = grey[idx] if half == 0 else np.roll(grey[idx], 1, axis=0)
+            curves = evaluate.metric_curves(
+                params,
+                imgs,
+                labels[idx],
+                jax.random.PRNGKey(b + half),
+                num_steps=200,
+                noise_std=0.02,
+                impl=impl,
+            )
+            jax.block_until_ready(curves)
+    return time.perf_counter() - start
+
+
+def main(argv):
+    del argv
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    train_images, train_labels = train.load_training_data(load_config("l2_noise"))
+    test_images, test_labels = data.load_mnist("test")
+    grey = data.to_grey(test_images[:1000])
+    params = jax.tree.map(
+        jnp.asarray,
+        train.init_train_state(load_config("l2_noise"), train_images[:1], train_labels[:1]).params,
+    )
+    params["output"]["kernel"] = 0.01 * jax.random.normal(jax.random.PRNGKey(1), (80, 19))
+
+    results = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}",
+        "matmul_gflops": matmul_gflops(),
+        "train": {},
+        "inference": {},
+    }
+    print(f"{results['machine']}: float32 matmul {results['matmul_gflops']:.1f} GFLOP/s")
+    for impl in IMPLS:
+        repeats = 2 if impl == "conv" else _REPEATS.value
+        results["train"][impl] = train_rate(impl, train_images, train_labels, repeats)
+        steps = 10 if impl == "conv" else 200
+        results["inference"][impl] = inference_rate(impl, params, grey, test_labels[:1000], steps)
+        print(impl, results["train"][impl], results["inference"][impl])
+    if _EVAL.value:
+        full = data.to_grey(test_images)
+        results["eval_protocol_seconds"] = eval_protocol_seconds(params, full, test_labels, "alive")
+
+    (out / "ca_speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    base_t, base_i = results["train"]["conv"], results["inference"]["conv"]
+    lines = [
+        f"Machine: {results['machine']}; float32 matmul: {results['matmul_gflops']:.1f} GFLOP/s",
+        "",
+        "| impl | train it/s | x conv | train GFLOP/s | inference cell updates/s | x conv "
+        "| inference GFLOP/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for impl in IMPLS:
+        t, i = results["train"][impl], results["inference"][impl]
+        lines.append(
+            f"| {impl} | {t['iterations_per_sec']:.2f} | "
+            f"{t['iterations_per_sec'] / base_t['iterations_per_sec']:.1f} | {t['gflops']:.1f} | "
+            f"{i['cell_updates_per_sec']:.3g} | "
+            f"{i['cell_updates_per_sec'] / base_i['cell_updates_per_sec']:.1f} | "
+            f"{i['gflops']:.1f} |"
+        )
+    if "eval_protocol_seconds" in results:
+        lines += [
+            "",
+            f"Evaluation protocol (10,000 digits x 400 steps, alive): "
+            f"{results['eval_protocol_seconds']:.0f} s",
+        ]
+    lines += [
+        "",
+        "GFLOP/s count the dense model's FLOPs (44,640 per cell update forward, x3 for "
+        "training) over all 784 cells, so `alive` (which computes only alive cells) can "
+        "exceed the matmul rate.",
+    ]
+    (out / "ca_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,97 @@
+"""The fast paths compute the same function as the reference `model.step` rollout, with grads."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca import fast, losses, model
+from tests.test_model import random_digits, random_params
+
+KEY = jax.random.PRNGKey(3)
+EXACT = {
+    "im2col": fast.get_rollout("im2col"),
+    "alive": fast.get_rollout("alive", exact_randomness=True),
+}
+
+
+@functools.lru_cache
+def problem():
+    params = random_params(jax.random.PRNGKey(0), scale=0.3)
+    grey = random_digits(jax.random.PRNGKey(1), batch=4)
+    # realistic alive fraction (~20 %): clear most of each image
+    grey = grey * (jnp.arange(28)[:, None] < 14) * (jnp.arange(28)[None, :] < 16)
+    return params, model.seed_state(grey), jnp.array([1, 4, 7, 9])
+
+
+def loss_and_grads(rollout):
+    params, state, labels = problem()
+
+    def loss(params):
+        final, _ = rollout(params, state, KEY, 20, 0.5, 0.02)
+        return losses.l2_loss(final, labels), final
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+
+def assert_grads_close(grads, ref_grads):
+    """Every gradient tensor equal to 1e-5 of its largest entry (they reach ~1e5 after 20 steps)."""
+    for g, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        scale = float(jnp.max(jnp.abs(ref)))
+        assert scale > 0
+        np.testing.assert_allclose(g / scale, ref / scale, atol=1e-5)
+
+
+@functools.lru_cache
+def reference():
+    return loss_and_grads(fast.get_rollout("conv"))
+
+
+@pytest.mark.parametrize("impl", sorted(EXACT))
+def test_same_states_and_gradients_as_reference_over_20_steps(impl):
+    """Same params, masks and noise: same states and gradients to 1e-5."""
+    (ref_loss, ref_final), ref_grads = reference()
+    (loss, final), grads = loss_and_grads(EXACT[impl])
+    assert 0.05 < float(jnp.mean(model.alive_mask(final))) < 0.3
+    np.testing.assert_allclose(final, ref_final, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert_grads_close(grads, ref_grads)
+
+
+def test_alive_falls_back_to_dense_when_the_table_is_too_small():
+    (_, ref_final), ref_grads = reference()
+    rollout = fast.get_rollout("alive", capacity_fraction=0.01, exact_randomness=True)
+    (_, final), grads = loss_and_grads(rollout)
+    np.testing.assert_allclose(final, ref_final, atol=1e-5, rtol=1e-5)
+    assert_grads_close(grads, ref_grads)
+
+
+def test_alive_with_its_own_randomness():
+    """Without noise and with every cell firing the step is deterministic: same result. With the
+    default settings the draws differ from the reference but keep their distribution."""
+    params, state, labels = problem()
+    want, _ = model.rollout(params, state, KEY, 20, 1.0, 0.0)
+    got, _ = fast.alive_rollout(params, state, KEY, 20, 1.0, 0.0)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+    alive = np.asarray(model.alive_mask(state))[..., 0]
+    one_step, _ = fast.alive_rollout(params, state, KEY, 1, 0.5, 0.0)
+    changed = np.any(np.asarray(one_step != state), axis=-1)
+    assert not changed[~alive].any()
+    assert 0.4 < changed[alive].mean() < 0.6  # about half the alive cells fired
+
+
+def test_alive_observes_the_same_per_step_values():
+    params, state, labels = problem()
+    observe = functools.partial(losses.correct_and_alive, labels=labels)
+    _, want = model.rollout(params, state, KEY, 6, 0.5, 0.02, observe=observe)
+    _, got = fast.alive_rollout(params, state, KEY, 6, 0.5, 0.02, observe, exact_randomness=True)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_auto_and_unknown_impl():
+    assert fast.resolve_impl("auto") == ("alive" if jax.default_backend() == "cpu" else "conv")
+    with pytest.raises(ValueError, match="choose one of"):
+        fast.get_rollout("sparse")
