@@ -10,7 +10,17 @@ from nca.config import ConfigError, resolve_config_path
 from nca.data import DataError
 from nca.train import TrainingError
 
-EXPECTED_ERRORS = (CheckpointError, ConfigError, DataError, TrainingError)
+
+class InputError(ValueError):
+    """A bad command-line input that no library error covers."""
+
+
+EXPECTED_ERRORS = (CheckpointError, ConfigError, DataError, InputError, TrainingError)
+
+
+def reject_positional(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise InputError(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
 
 
 def resolve_config_argv(argv: list[str]) -> list[str]:
@@ -61,6 +71,9 @@ def run(main) -> None:
     from absl import app
 
     def main_with_errors(argv):
+        from absl import logging
+
+        logging.set_verbosity(logging.ERROR)  # Orbax logs every file it writes
         try:
             main(argv)
         except EXPECTED_ERRORS as e:

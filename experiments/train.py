@@ -8,7 +8,7 @@ python -m experiments.train --config=ce --workdir=workdirs/ce --config.num_train
 from __future__ import annotations
 
 import jax
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
@@ -25,11 +25,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise cli.ConfigError(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR.")
+    cli.reject_positional(argv)
     config = _CONFIG.value
     config.name = cli.config_name(flags.FLAGS["config"].config_filename)
-    logging.set_verbosity(logging.WARNING)
     print(f"config {config.name}; devices: {jax.devices()}")
     train.train_and_evaluate(config, _WORKDIR.value)
 

@@ -45,6 +45,15 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, config: ml_collecti
     )
 
 
+def save_params(workdir: str | Path, params: Any, config: ml_collections.ConfigDict, step=0):
+    """A workdir holding only params (e.g. imported weights), loadable by `load_params`."""
+    mngr = manager(workdir)
+    save(mngr, step, {"params": params}, config)
+    mngr.wait_until_finished()
+    mngr.close()
+    write_config_json(workdir, config)
+
+
 def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int] | None:
     """Restores the newest checkpoint into the structure, shapes and shardings of `target`.
 

@@ -1,4 +1,20 @@
-"""The article's evaluation metrics, per CA step, over batches of digits."""
+"""The article's evaluation protocol and its metrics, per CA step.
+
+Protocol (the article's notebook): the test set in contiguous batches of 1000 digits; each batch
+runs `steps` steps from zero state with metrics after every step; then every digit is turned into
+another digit of its batch and runs `steps` more. Two variants of that second half:
+
+- `restart`: what the article's published evaluation did: the second half starts again from zero
+  state, on the resampled digits;
+- `persist`: a true mutation (`model.mutate`), keeping the evolved states where the new digit is
+  alive, as the article's videos and demo do.
+
+Metrics per step, pooled over all batches:
+- `accuracy`: average cell accuracy, correct alive cells / all alive cells;
+- `agreement`: total agreement, share of digits whose counted alive cells all carry one label;
+- `state_magnitude`: mean |state| over alive cells and the 19 mutable channels;
+- `update_magnitude`: mean |state_t - state_{t-1}| over alive cells and the 19 mutable channels.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +23,137 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from nca import fast, losses, model
 
+VARIANTS = ("restart", "persist", "none")  # "none": only the first `num_steps` steps
+CURVES = ("accuracy", "agreement", "state_magnitude", "update_magnitude")
 
-def step_metrics(state: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-    """Sums over a batch, so batches can be pooled: correct / alive cells, agreeing images."""
+
+def step_metrics(previous: jax.Array, state: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Sums over a batch (so batches can be pooled) after one step from `previous` to `state`."""
     correct, alive = losses.correct_and_alive(state, labels)
+    alive_mask = model.alive_mask(state).astype(state.dtype)
     return {
         "correct_cells": jnp.sum(correct),
         "alive_cells": jnp.sum(alive),
         "agreeing_images": jnp.sum(losses.agreement(state)),
+        "state_abs": jnp.sum(jnp.abs(state[..., 1:]) * alive_mask),
+        "update_abs": jnp.sum(jnp.abs(state[..., 1:] - previous[..., 1:]) * alive_mask),
     }
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "fire_rate", "noise_std", "impl"))
-def metric_curves(
+@functools.partial(
+    jax.jit, static_argnames=("num_steps", "fire_rate", "noise_std", "impl", "variant")
+)
+def run_batch(
     params: model.Params,
     images: jax.Array,
     labels: jax.Array,
+    new_images: jax.Array,
+    new_labels: jax.Array,
     key: jax.Array,
     num_steps: int,
     fire_rate: float = 0.5,
     noise_std: float = 0.0,
     impl: str = "auto",
+    variant: str = "restart",
 ) -> dict[str, jax.Array]:
-    """Runs `num_steps` steps from zero state; `step_metrics` after every step, `(num_steps,)`."""
+    """One batch of the protocol: `num_steps` on `images` from zero state, then (unless variant
+    is "none") `num_steps` on `new_images`, mutated into ("persist") or from zero state
+    ("restart"). Per-step sums of `step_metrics`."""
     rollout = fast.get_rollout(impl)
-    _, curves = rollout(
-        params,
-        model.seed_state(images),
-        key,
-        num_steps,
-        fire_rate,
-        noise_std,
-        observe=lambda x: step_metrics(x, labels),
+    k_first, k_second = jax.random.split(key)
+
+    def run(state, labels, key):
+        observe = functools.partial(step_metrics, labels=labels)
+        return rollout(params, state, key, num_steps, fire_rate, noise_std, observe)
+
+    final, first = run(model.seed_state(images), labels, k_first)
+    if variant == "none":
+        return first
+    second_start = (
+        model.mutate(final, new_images) if variant == "persist" else model.seed_state(new_images)
     )
-    return curves
+    _, second = run(second_start, new_labels, k_second)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, second)
 
 
-def accuracy_and_agreement(curves: dict[str, np.ndarray], num_images: int):
-    """`(average cell accuracy, total agreement)` per step from summed `step_metrics`."""
-    curves = jax.device_get(curves)
-    accuracy = curves["correct_cells"] / np.maximum(curves["alive_cells"], 1)
-    return accuracy, curves["agreeing_images"] / num_images
+def evaluate(
+    params: model.Params,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_steps: int = 200,
+    fire_rate: float = 0.5,
+    noise_std: float = 0.0,
+    variant: str = "restart",
+    batch_size: int = 1000,
+    seed: int = 0,
+    impl: str = "auto",
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """The protocol over `images` (grey, `(N, 28, 28)`): curves of `CURVES`, `(2 * num_steps,)`
+    (`(num_steps,)` for variant "none"); step `t` (1-based) is index `t - 1`, the mutation
+    happens after index `num_steps - 1`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown evaluation variant {variant!r}; choose one of {VARIANTS}.")
+    rng = np.random.default_rng(seed)
+    totals = None
+    num_batches = -(-len(images) // batch_size)
+    for b in tqdm(range(num_batches), desc=f"evaluate ({variant})", disable=not progress):
+        idx = np.arange(b * batch_size, min((b + 1) * batch_size, len(images)))
+        # every digit becomes another digit of its batch (a random cyclic shift)
+        other = idx[(np.arange(len(idx)) + rng.integers(1, max(len(idx), 2))) % len(idx)]
+        sums = run_batch(
+            params,
+            images[idx],
+            labels[idx],
+            images[other],
+            labels[other],
+            jax.random.PRNGKey(seed * 100_003 + b),
+            num_steps,
+            fire_rate,
+            noise_std,
+            impl,
+            variant,
+        )
+        sums = jax.device_get(sums)
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    alive = np.maximum(totals["alive_cells"], 1).astype(np.float64)
+    return {
+        "accuracy": totals["correct_cells"] / alive,
+        "agreement": totals["agreeing_images"] / len(images),
+        "state_magnitude": totals["state_abs"] / (alive * model.NUM_MUTABLE),
+        "update_magnitude": totals["update_abs"] / (alive * model.NUM_MUTABLE),
+    }
+
+
+def summary(curves: dict[str, np.ndarray], num_steps: int) -> dict[str, float]:
+    """The article's table columns over the first `num_steps` steps (percent; steps 1-based)."""
+    acc, agree = curves["accuracy"][:num_steps], curves["agreement"][:num_steps]
+    return {
+        "top_accuracy": 100 * float(acc.max()),
+        "top_accuracy_step": int(acc.argmax()) + 1,
+        "accuracy_final": 100 * float(acc[-1]),
+        "top_agreement": 100 * float(agree.max()),
+        "top_agreement_step": int(agree.argmax()) + 1,
+        "agreement_final": 100 * float(agree[-1]),
+    }
+
+
+def markdown_table(rows: dict[str, dict[str, float]], num_steps: int) -> str:
+    """One row per model, the article's columns."""
+    lines = [
+        f"| model | top accuracy | accuracy at {num_steps} | top agreement | "
+        f"agreement at {num_steps} |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, s in rows.items():
+        lines.append(
+            f"| {name} | {s['top_accuracy']:.1f} at {s['top_accuracy_step']} | "
+            f"{s['accuracy_final']:.1f} | {s['top_agreement']:.1f} at "
+            f"{s['top_agreement_step']} | {s['agreement_final']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -111,8 +111,8 @@ def alive_rollout(
             patches = flat[neighbours].reshape(capacity, 9 * c)
             perception = jax.nn.relu(patches @ kernel + params["perceive"]["bias"])
             ds = (model.update(params, perception) + noise) * fire[:, None]
-            flat = flat.at[cells, 1:].add(ds)
-            return flat, (None if observe is None else observe(to_grid(flat)))
+            new = flat.at[cells, 1:].add(ds)
+            return new, (None if observe is None else observe(to_grid(flat), to_grid(new)))
 
         flat, observed = jax.lax.scan(body, flat, jnp.arange(num_steps))
         return to_grid(flat), observed

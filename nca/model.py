@@ -169,12 +169,12 @@ def rollout(
 ) -> tuple[jax.Array, PyTree]:
     """Run `num_steps` steps with `jax.lax.scan`; step `t` uses `fold_in(key, t)`.
 
-    Returns the final state `(B, H, W, 20)` and `observe(state)` after every step, stacked on
-    axis 0 (None without `observe`).
+    Returns the final state `(B, H, W, 20)` and `observe(previous_state, state)` after every
+    step, stacked on axis 0 (None without `observe`).
     """
 
     def body(x, t):
-        x = step_fn(params, x, jax.random.fold_in(key, t), fire_rate, noise_std)
-        return x, (None if observe is None else observe(x))
+        new = step_fn(params, x, jax.random.fold_in(key, t), fire_rate, noise_std)
+        return new, (None if observe is None else observe(x, new))
 
     return jax.lax.scan(body, state, jnp.arange(num_steps))

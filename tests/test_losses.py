@@ -61,3 +61,28 @@ def test_agreement_ignores_all_negative_and_dead_cells():
     agree = losses.agreement(make_state(grey, values))
     np.testing.assert_array_equal(agree, [True, False, True])
     assert float(losses.total_agreement(make_state(grey, values))) == pytest.approx(2 / 3)
+
+
+def test_evaluation_metrics_on_hand_built_digits():
+    """An all-agreeing digit, a split digit, one with an all-negative cell, dead cells."""
+    import jax
+
+    from nca import evaluate
+
+    values = np.zeros((3, 1, 4, 10))
+    values[0, 0, :3, 2] = 1.0  # digit 0 (label 2): 3 alive cells agree on 2; cell 3 is dead
+    values[0, 0, 3, 5] = 9.0  # dead cell: ignored
+    values[1, 0, :2, 3] = 1.0  # digit 1 (label 3): split between 3 and 8
+    values[1, 0, 2:, 8] = 1.0
+    values[2, 0, 0, 4] = 1.0  # digit 2 (label 4): one cell says 4, one cell all negative
+    values[2, 0, 1] = -1.0
+    grey = [[[1.0, 1.0, 1.0, 0.0]], [[1.0] * 4], [[1.0, 1.0, 0.0, 0.0]]]
+    state = make_state(grey, values)
+    previous = state.at[..., 1:].set(0.0)
+    sums = jax.device_get(evaluate.step_metrics(previous, state, jnp.array([2, 3, 4])))
+    assert sums["alive_cells"] == 3 + 4 + 2
+    assert sums["correct_cells"] == 3 + 2 + 1  # the all-negative cell votes 0: wrong
+    assert sums["agreeing_images"] == 2  # digits 0 and 2
+    # |state| over alive cells and 19 channels: 3*1 + 4*1 + (1 + 10)
+    assert sums["state_abs"] == pytest.approx(18.0)
+    assert sums["update_abs"] == pytest.approx(18.0)

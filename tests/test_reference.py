@@ -32,20 +32,17 @@ def test_published_weights_classify_the_first_1000_test_digits():
     """The article reports 95.3 % accuracy and 88.1 % agreement at 200 steps (full test set)."""
     params = reference.load_distill_params(SHARED_MODEL)
     images, labels = data.load_mnist("test", str(SHARED_MNIST))
-    grey = data.to_grey(images[:1000])
-    totals = None
-    for start in range(0, 1000, 250):  # bounded memory
-        curves = evaluate.metric_curves(
-            params,
-            grey[start : start + 250],
-            labels[start : start + 250],
-            jax.random.PRNGKey(start),
-            num_steps=200,
-            fire_rate=0.5,
-            noise_std=0.02,
-        )
-        totals = curves if totals is None else jax.tree.map(np.add, totals, curves)
-    accuracy, agreement = evaluate.accuracy_and_agreement(totals, 1000)
+    curves = evaluate.evaluate(
+        params,
+        data.to_grey(images[:1000]),
+        labels[:1000],
+        num_steps=200,
+        noise_std=0.02,
+        variant="none",
+        batch_size=500,
+        progress=False,
+    )
+    accuracy, agreement = curves["accuracy"], curves["agreement"]
     print(
         f"published weights, 1000 digits, step 200: accuracy {accuracy[-1]:.4f}, "
         f"agreement {agreement[-1]:.4f}"

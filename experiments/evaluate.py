@@ -1,0 +1,94 @@
+"""Evaluate trained models like the article: per-step curves, the comparison table, plots.
+
+    python -m experiments.evaluate --workdir=workdirs/l2_noise
+    python -m experiments.evaluate --workdir=workdirs/ce --workdir=workdirs/l2 --out=eval_all
+    python -m experiments.evaluate --workdir=DIR --variant=persist --num_digits=1000 --steps=100
+
+Writes into each workdir `eval_<variant>.json` (every curve and the summary), `eval_<variant>.png`
+and `eval_<variant>.md`; with several workdirs also a side-by-side plot and table in --out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from absl import flags
+
+from experiments import cli
+from nca import checkpoint, data, evaluate, plots
+
+_WORKDIRS = flags.DEFINE_multi_string("workdir", None, "Trained workdir(s) to evaluate.")
+_VARIANT = flags.DEFINE_enum(
+    "variant",
+    "restart",
+    evaluate.VARIANTS,
+    "Second half: restart (the article's numbers) or persist (mutation).",
+)
+_NUM_DIGITS = flags.DEFINE_integer("num_digits", 10_000, "Test digits to use (from the start).")
+_STEPS = flags.DEFINE_integer("steps", 200, "CA steps before (and after) the mutation.")
+_BATCH = flags.DEFINE_integer("batch_size", 1000, "Digits per batch (the article: 1000).")
+_IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/fast.py).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random masks, noise and resampling.")
+_OUT = flags.DEFINE_string("out", None, "Folder for the comparison of several workdirs.")
+_DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def evaluate_workdir(workdir, images, labels) -> tuple[str, dict]:
+    config, params, step = checkpoint.load_params(workdir)
+    curves = evaluate.evaluate(
+        params,
+        images,
+        labels,
+        num_steps=_STEPS.value,
+        fire_rate=config.model.fire_rate,
+        noise_std=config.model.noise_std,
+        variant=_VARIANT.value,
+        batch_size=_BATCH.value,
+        seed=_SEED.value,
+        impl=_IMPL.value,
+    )
+    name = f"{config.name or Path(workdir).name} @ {step}"
+    stem = Path(workdir) / f"eval_{_VARIANT.value}"
+    result = {
+        "model": name,
+        "workdir": str(workdir),
+        "checkpoint_step": step,
+        "variant": _VARIANT.value,
+        "num_digits": len(images),
+        "steps": _STEPS.value,
+        "summary": evaluate.summary(curves, _STEPS.value),
+        "curves": {k: v.tolist() for k, v in curves.items()},
+    }
+    stem.with_suffix(".json").write_text(json.dumps(result) + "\n")
+    stem.with_suffix(".md").write_text(
+        evaluate.markdown_table({name: result["summary"]}, _STEPS.value)
+    )
+    plots.plot_curves({name: curves}, _STEPS.value, stem.with_suffix(".png"))
+    return name, result
+
+
+def main(argv):
+    cli.reject_positional(argv)
+    # check every workdir before spending minutes on the first
+    for workdir in _WORKDIRS.value:
+        checkpoint.load_config(workdir)
+    images, labels = data.load_mnist("test", _DATA.value)
+    images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]
+    results = dict(evaluate_workdir(w, images, labels) for w in _WORKDIRS.value)
+    table = evaluate.markdown_table({n: r["summary"] for n, r in results.items()}, _STEPS.value)
+    print(f"{len(images)} test digits, {_STEPS.value} steps, variant {_VARIANT.value}:\n{table}")
+    if len(results) > 1 or _OUT.value:
+        out = Path(_OUT.value or "eval_comparison")
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"comparison_{_VARIANT.value}"
+        stem.with_suffix(".md").write_text(table)
+        plots.plot_curves(
+            {n: r["curves"] for n, r in results.items()}, _STEPS.value, stem.with_suffix(".png")
+        )
+        print(f"comparison written to {stem}.md and .png")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,40 @@
+"""Figures of evaluation curves (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+TITLES = {
+    "accuracy": "average cell accuracy",
+    "agreement": "total agreement",
+    "state_magnitude": "state magnitude (alive cells)",
+    "update_magnitude": "update magnitude (alive cells)",
+}
+
+
+def plot_curves(runs: dict[str, dict[str, np.ndarray]], num_steps: int, path: str | Path) -> None:
+    """One panel per metric, one line per run; the mutation (after `num_steps`) is marked."""
+    fig, axes = plt.subplots(1, len(TITLES), figsize=(4.2 * len(TITLES), 3.4))
+    for ax, (metric, title) in zip(axes, TITLES.items(), strict=True):
+        for name, curves in runs.items():
+            values = np.asarray(curves[metric])
+            ax.plot(np.arange(1, len(values) + 1), values, label=name, lw=1.2)
+        if any(len(c[metric]) > num_steps for c in runs.values()):
+            ax.axvline(num_steps + 0.5, color="grey", ls="--", lw=0.8, label="mutation")
+        ax.set_title(title)
+        ax.set_xlabel("CA step")
+        if metric.endswith("magnitude"):
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,120 @@
+"""End to end: import the published weights, evaluate and render workdirs, on tiny settings."""
+
+import json
+import subprocess
+import sys
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from nca import checkpoint, evaluate, model, reference
+from tests.conftest import SHARED_MODEL
+from tests.test_cli import run
+
+pytestmark = pytest.mark.slow
+
+
+def module(name, *args):
+    return [sys.executable, "-m", f"experiments.{name}", *args]
+
+
+@pytest.fixture(scope="module")
+def smoke_workdir(tmp_path_factory, mnist_dir):
+    workdir = tmp_path_factory.mktemp("smoke")
+    out = run(
+        module(
+            "train",
+            "--config=l2_noise:smoke",
+            f"--workdir={workdir}",
+            f"--config.data.mnist_dir={mnist_dir}",
+            "--config.num_train_steps=4",
+        )
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_evaluate_writes_curves_table_and_plot(smoke_workdir, mnist_dir, tmp_path):
+    other = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(smoke_workdir), str(other)], check=True)
+    out = run(
+        module(
+            "evaluate",
+            f"--workdir={smoke_workdir}",
+            f"--workdir={other}",
+            f"--mnist_dir={mnist_dir}",
+            "--num_digits=20",
+            "--steps=6",
+            "--batch_size=8",
+            f"--out={tmp_path / 'cmp'}",
+            "--variant=persist",
+        )
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((smoke_workdir / "eval_persist.json").read_text())
+    assert result["num_digits"] == 20 and result["checkpoint_step"] == 4
+    for name in evaluate.CURVES:
+        assert len(result["curves"][name]) == 12
+    assert 0 <= result["summary"]["agreement_final"] <= 100
+    table = (tmp_path / "cmp" / "comparison_persist.md").read_text()
+    assert table.count("l2_noise:smoke @ 4") == 2 and "top agreement" in table
+    assert (tmp_path / "cmp" / "comparison_persist.png").stat().st_size > 10_000
+    assert (other / "eval_persist.png").is_file()
+
+
+def test_evaluate_rejects_a_folder_that_is_not_a_workdir(tmp_path, mnist_dir):
+    out = run(module("evaluate", f"--workdir={tmp_path}", f"--mnist_dir={mnist_dir}"))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "is not a training workdir" in out.stderr.strip().splitlines()[-1]
+
+
+def test_render_writes_gif_and_mp4(smoke_workdir, mnist_dir, tmp_path):
+    out = run(
+        module(
+            "render",
+            f"--workdir={smoke_workdir}",
+            f"--mnist_dir={mnist_dir}",
+            "--num_digits=4",
+            "--columns=2",
+            "--steps=5",
+            "--scale=2",
+            f"--out={tmp_path}",
+        )
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("digits", "channels"):
+        assert (tmp_path / f"{name}.mp4").stat().st_size > 1000
+    frames = imageio.mimread(tmp_path / "digits.gif")
+    assert 1 <= len(frames) <= 10 and frames[0].shape[0] % 16 == 0
+    first = np.asarray(frames[0])[..., :3].reshape(-1, 3)
+    assert (first == 255).all(axis=1).any()  # dead cells are white
+
+
+@pytest.mark.skipif(not SHARED_MODEL.is_file(), reason="needs ../shared/reference")
+def test_import_distill_makes_a_loadable_workdir(tmp_path):
+    out = run(module("import_distill", f"--out={tmp_path / 'distill'}"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    config, params, _ = checkpoint.load_params(tmp_path / "distill")
+    assert config.model.noise_std == 0.02
+    want = reference.load_distill_params(SHARED_MODEL)
+    assert model.num_params(params) == 22_499
+    np.testing.assert_array_equal(params["perceive"]["kernel"], want["perceive"]["kernel"])
+    again = run(module("import_distill", f"--out={tmp_path / 'distill'}"))
+    assert again.returncode != 0 and "already holds checkpoints" in again.stderr
+
+
+def test_sweep_trains_evaluates_and_skips_finished_runs(tmp_path, mnist_dir):
+    args = module("sweep", "--configs=l2:smoke,l2_noise:no_pool,smoke", "--seeds=0,1",
+                  f"--root={tmp_path}", f"--mnist_dir={mnist_dir}", "--num_digits=16",
+                  "--steps=4", "--set=num_train_steps=2", "--set=checkpoint_every=2")
+    out = run(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert sorted(result) == ["l2:smoke", "l2_noise:no_pool,smoke"]
+    assert all(len(r["runs"]) == 2 for r in result.values())
+    assert checkpoint.manager(tmp_path / "l2_noise_no_pool-smoke" / "seed1").latest_step() == 2
+    again = run(args)
+    assert again.returncode == 0 and again.stdout.count("finished, skipping training") == 4
+    bad = run(module("sweep", "--configs=l2:smoke", f"--root={tmp_path}", "--set=nope=1"))
+    assert bad.returncode != 0 and "cannot apply --set=nope=1" in bad.stderr
