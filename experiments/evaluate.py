@@ -49,7 +49,7 @@ def evaluate_workdir(workdir, images, labels) -> tuple[str, dict]:
         seed=_SEED.value,
         impl=_IMPL.value,
     )
-    name = f"{config.name or Path(workdir).name} @ {step}"
+    name = f"{Path(workdir).name}: {config.name} @ {step}"
     stem = Path(workdir) / f"eval_{_VARIANT.value}"
     result = {
         "model": name,

@@ -59,6 +59,7 @@ def test_evaluate_writes_curves_table_and_plot(smoke_workdir, mnist_dir, tmp_pat
     assert 0 <= result["summary"]["agreement_final"] <= 100
     table = (tmp_path / "cmp" / "comparison_persist.md").read_text()
     assert table.count("l2_noise:smoke @ 4") == 2 and "top agreement" in table
+    assert f"{other.name}: l2_noise:smoke @ 4" in table
     assert (tmp_path / "cmp" / "comparison_persist.png").stat().st_size > 10_000
     assert (other / "eval_persist.png").is_file()
 

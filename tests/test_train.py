@@ -94,17 +94,17 @@ def test_loss_goes_down_on_synthetic_digits(mnist_dir, tmp_path):
     config = tiny_config(
         mnist_dir,
         "l2:no_pool,smoke",
-        num_train_steps=150,
+        num_train_steps=200,
         batch_size=8,
         learning_rate=3e-3,
         lr_boundaries=(1000, 2000),
         log_every=1,
-        checkpoint_every=150,
+        checkpoint_every=200,
     )
     train.train_and_evaluate(config, tmp_path, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     losses = [r["train/loss"] for r in rows]
-    assert len(rows) == 150 and rows[-1]["step"] == 150
+    assert len(rows) == 200 and rows[-1]["step"] == 200
     assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20]), losses
 
 
@@ -155,3 +155,26 @@ def test_four_devices_compute_the_same_loss_as_one(mnist_dir):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "losses" in out.stdout
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
+    config = tiny_config(mnist_dir, num_train_steps=4, checkpoint_every=4)
+    train.train_and_evaluate(config, tmp_path, progress=False)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    monkeypatch.setitem(train.losses.LOSSES, "l2", lambda state, labels: jnp.nan * state.sum())
+    config.num_train_steps = 12
+    with pytest.raises(train.TrainingError, match=r"non-finite .* iteration 6.*step 4, is left"):
+        train.train_and_evaluate(config, tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    _, params, step = checkpoint.load_params(tmp_path)
+    assert step == 4 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def test_resuming_with_a_shape_changing_config_is_refused(mnist_dir, tmp_path):
+    config = tiny_config(mnist_dir, num_train_steps=2, checkpoint_every=2)
+    train.train_and_evaluate(config, tmp_path, progress=False)
+    config.pool_size = 32
+    config.num_train_steps = 4
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit this config"):
+        train.train_and_evaluate(config, tmp_path, progress=False)
+    assert checkpoint.manager(tmp_path).all_steps() == [2]
