@@ -37,13 +37,12 @@ flags.mark_flags_as_required(["workdir"])
 
 def evaluate_workdir(workdir, images, labels) -> tuple[str, dict]:
     config, params, step = checkpoint.load_params(workdir)
-    curves = evaluate.evaluate(
+    curves = evaluate.evaluate_model(
+        config,
         params,
         images,
         labels,
         num_steps=_STEPS.value,
-        fire_rate=config.model.fire_rate,
-        noise_std=config.model.noise_std,
         variant=_VARIANT.value,
         batch_size=_BATCH.value,
         seed=_SEED.value,
@@ -73,7 +72,9 @@ def main(argv):
     cli.reject_positional(argv)
     # check every workdir before spending minutes on the first
     for workdir in _WORKDIRS.value:
-        checkpoint.load_config(workdir)
+        kind = checkpoint.load_config(workdir).model.kind
+        if kind != "selforg_mnist":
+            raise cli.InputError(f"{workdir} holds a {kind!r} model; evaluate takes selforg_mnist.")
     images, labels = data.load_mnist("test", _DATA.value)
     images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]
     results = dict(evaluate_workdir(w, images, labels) for w in _WORKDIRS.value)

@@ -84,13 +84,12 @@ def main(argv):
         if not done:
             train.train_and_evaluate(config, workdir)
         _, params, step = checkpoint.load_params(workdir)
-        curves = evaluate.evaluate(
+        curves = evaluate.evaluate_model(
+            config,
             params,
             images,
             labels,
             num_steps=_STEPS.value,
-            fire_rate=config.model.fire_rate,
-            noise_std=config.model.noise_std,
             variant="none",
             seed=config.seed,
         )

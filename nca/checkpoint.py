@@ -90,12 +90,20 @@ def load_params(workdir: str | Path, step: int | None = None):
     `nca.model.init_params`.
     """
     mngr, step = _open(workdir, step)
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()),
-    )
-    params = restored.state["params"]
-    return ml_collections.ConfigDict(restored.config), params, step
+    try:
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()
+            ),
+        )
+        params, config = restored.state["params"], ml_collections.ConfigDict(restored.config)
+    except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+        raise CheckpointError(
+            f"cannot read checkpoint {step} in {mngr.directory}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    return config, params, step
 
 
 def _open(workdir: str | Path, step: int | None):

@@ -130,6 +130,14 @@ def evaluate(
     }
 
 
+def evaluate_model(config, params: model.Params, images, labels, **kwargs):
+    """`evaluate` with the fire rate and residual noise the model was trained with."""
+    return evaluate(
+        params, images, labels, fire_rate=config.model.fire_rate,
+        noise_std=config.model.noise_std, **kwargs,
+    )  # fmt: skip
+
+
 def summary(curves: dict[str, np.ndarray], num_steps: int) -> dict[str, float]:
     """The article's table columns over the first `num_steps` steps (percent; steps 1-based)."""
     acc, agree = curves["accuracy"][:num_steps], curves["agreement"][:num_steps]

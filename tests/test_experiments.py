@@ -106,9 +106,17 @@ def test_import_distill_makes_a_loadable_workdir(tmp_path):
 
 
 def test_sweep_trains_evaluates_and_skips_finished_runs(tmp_path, mnist_dir):
-    args = module("sweep", "--configs=l2:smoke,l2_noise:no_pool,smoke", "--seeds=0,1",
-                  f"--root={tmp_path}", f"--mnist_dir={mnist_dir}", "--num_digits=16",
-                  "--steps=4", "--set=num_train_steps=2", "--set=checkpoint_every=2")
+    args = module(
+        "sweep",
+        "--configs=l2:smoke,l2_noise:no_pool,smoke",
+        "--seeds=0,1",
+        f"--root={tmp_path}",
+        f"--mnist_dir={mnist_dir}",
+        "--num_digits=16",
+        "--steps=4",
+        "--set=num_train_steps=2",
+        "--set=checkpoint_every=2",
+    )
     out = run(args)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "sweep.json").read_text())
@@ -119,3 +127,22 @@ def test_sweep_trains_evaluates_and_skips_finished_runs(tmp_path, mnist_dir):
     assert again.returncode == 0 and again.stdout.count("finished, skipping training") == 4
     bad = run(module("sweep", "--configs=l2:smoke", f"--root={tmp_path}", "--set=nope=1"))
     assert bad.returncode != 0 and "cannot apply --set=nope=1" in bad.stderr
+
+
+def test_evaluate_reports_an_unreadable_checkpoint(smoke_workdir, mnist_dir, tmp_path):
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(smoke_workdir), str(broken)], check=True)
+    for path in (broken / "checkpoints" / "4" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    out = run(
+        module(
+            "evaluate",
+            f"--workdir={broken}",
+            f"--mnist_dir={mnist_dir}",
+            "--num_digits=8",
+            "--steps=2",
+        )
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "cannot read checkpoint 4" in out.stderr.strip().splitlines()[-1]
