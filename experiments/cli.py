@@ -9,13 +9,14 @@ from nca.checkpoint import CheckpointError
 from nca.config import ConfigError, resolve_config_path
 from nca.data import DataError
 from nca.train import TrainingError
+from nca.workdir import WorkdirError
 
 
 class InputError(ValueError):
     """A bad command-line input that no library error covers."""
 
 
-EXPECTED_ERRORS = (CheckpointError, ConfigError, DataError, InputError, TrainingError)
+EXPECTED_ERRORS = (CheckpointError, ConfigError, DataError, InputError, TrainingError, WorkdirError)
 
 
 def reject_positional(argv: list[str]) -> None:

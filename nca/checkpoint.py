@@ -28,7 +28,10 @@ def checkpoint_dir(workdir: str | Path) -> Path:
 def manager(workdir: str | Path, max_to_keep: int = 3, read_only: bool = False):
     """An Orbax `CheckpointManager` for `workdir/checkpoints` (created unless read_only)."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=not read_only, read_only=read_only
+        max_to_keep=max_to_keep,
+        create=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,  # partial saves of a killed run
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
@@ -54,26 +57,90 @@ def save_params(workdir: str | Path, params: Any, config: ml_collections.ConfigD
     write_config_json(workdir, config)
 
 
-def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int] | None:
-    """Restores the newest checkpoint into the structure, shapes and shardings of `target`.
+# Config fields that may change when a run resumes (recorded in config_changes.jsonl); any other
+# difference to the checkpoint's config makes it another experiment, and resuming is refused.
+RESUMABLE_CHANGES = frozenset({
+    "name", "log_every", "checkpoint_every", "max_checkpoints_to_keep", "num_train_steps",
+    "data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness",
+})  # fmt: skip
+UNREADABLE_SUBDIR = "unreadable_checkpoints"
 
-    Returns `(state, step)`, or None if there is no checkpoint yet.
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """`{"a.b": (saved value, current value)}` for every field that differs."""
+    current = json.loads(config.to_json())  # tuples -> lists, as saved
+    old, new = _flatten(saved), _flatten(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)}  # fmt: skip
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def restore_latest(
+    workdir: str | Path, target: Any, config: ml_collections.ConfigDict, log=print
+) -> tuple[Any, int, dict] | None:
+    """Restores the newest readable checkpoint of `workdir` into the structure, shapes and
+    shardings of `target`. Returns `(state, step, resumable config changes)`, or None if there
+    is no checkpoint.
+
+    A checkpoint that cannot be read is moved (never deleted) to `workdir/unreadable_checkpoints/`
+    and the next newest is tried. A checkpoint whose config differs from `config` in a field
+    outside `RESUMABLE_CHANGES` raises `CheckpointError` listing the differences.
     """
-    step = mngr.latest_step()
-    if step is None:
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
         return None
+    mngr = manager(workdir, read_only=True)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-        restored = mngr.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        )
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"checkpoint {step} in {mngr.directory} does not fit this config "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Resume with the "
-            f"config it was trained with, or use a new --workdir."
-        ) from e
-    return restored.state, step
+        for step in sorted(mngr.all_steps(), reverse=True):
+            try:
+                saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+                changes = config_differences(saved.config, config)
+                refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+                if not refused:
+                    restored = mngr.restore(
+                        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                    )
+                    return restored.state, step, changes
+            except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+                moved = _quarantine(workdir, step)
+                log(
+                    f"checkpoint {step} in {directory} is unreadable ({type(e).__name__}: "
+                    f"{_first_line(e)}); moved it to {moved} and trying the previous one."
+                )
+                continue
+            listing = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+            raise CheckpointError(
+                f"checkpoint {step} in {directory} was trained with another config ({listing}). "
+                f"Resume with the config it was trained with, or use a new --workdir."
+            )
+    finally:
+        mngr.close()
+    return None
+
+
+def _quarantine(workdir: str | Path, step: int) -> Path:
+    source = checkpoint_dir(workdir) / str(step)
+    destination = Path(workdir).resolve() / UNREADABLE_SUBDIR / str(step)
+    while destination.exists():
+        destination = destination.with_name(destination.name + "_")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(destination)
+    return destination
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def load_config(workdir: str | Path, step: int | None = None) -> ml_collections.ConfigDict:
@@ -83,27 +150,34 @@ def load_config(workdir: str | Path, step: int | None = None) -> ml_collections.
     return ml_collections.ConfigDict(restored.config)
 
 
-def load_params(workdir: str | Path, step: int | None = None):
+def load_params(workdir: str | Path, step: int | None = None, log=print):
     """Rebuilds a trained model from its workdir alone: returns `(config, params, step)`.
 
-    `step=None` takes the newest checkpoint. Params come back as numpy arrays in the layout of
-    `nca.model.init_params`.
+    `step=None` takes the newest readable checkpoint (saying which newer ones are unreadable).
+    Params come back as numpy arrays in the layout of `nca.model.init_params`.
     """
-    mngr, step = _open(workdir, step)
-    try:
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()
-            ),
-        )
-        params, config = restored.state["params"], ml_collections.ConfigDict(restored.config)
-    except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
-        raise CheckpointError(
-            f"cannot read checkpoint {step} in {mngr.directory}: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-    return config, params, step
+    mngr, newest = _open(workdir, step)
+    candidates = [newest] if step is not None else sorted(mngr.all_steps(), reverse=True)
+    errors = []
+    for candidate in candidates:
+        try:
+            restored = mngr.restore(
+                candidate,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()
+                ),
+            )
+            config = ml_collections.ConfigDict(restored.config)
+            params = restored.state["params"]
+        except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+            errors.append(
+                f"cannot read checkpoint {candidate}: {type(e).__name__}: {_first_line(e)}"
+            )
+            continue
+        for error in errors:
+            log(f"warning: {error}; using checkpoint {candidate} instead.")
+        return config, params, candidate
+    raise CheckpointError(f"no readable checkpoint in {mngr.directory}: {'; '.join(errors)}")
 
 
 def _open(workdir: str | Path, step: int | None):

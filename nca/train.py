@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from nca import checkpoint, data, fast, losses, model
+from nca import workdir as workdir_lib
 from nca.config import ConfigError
 
 
@@ -256,16 +257,6 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _check_workdir(workdir: Path) -> None:
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise TrainingError(f"cannot write to workdir {workdir}: {e.strerror or e}.") from e
-
-
 def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
     images, labels = data.load_mnist("train", config.data.mnist_dir or None)
     if config.data.max_train_images:
@@ -283,87 +274,95 @@ def train_and_evaluate(
     max_iterations: int | None = None,
     progress: bool = True,
 ) -> TrainState:
-    """Trains to `config.num_train_steps`, resuming from the newest checkpoint in `workdir`.
+    """Trains to `config.num_train_steps`, resuming from the newest readable checkpoint.
 
     Checkpoints every `checkpoint_every` iterations, at the end, and when stopped by SIGINT /
     SIGTERM. `max_iterations` stops this call early (after that many iterations), as a
-    preemption would. Returns the final train state.
+    preemption would. Holds the workdir's lock throughout. Returns the final train state.
     """
     validate_config(config)
     workdir = Path(workdir)
-    _check_workdir(workdir)
+    workdir_lib.prepare(workdir)
+    with workdir_lib.lock(workdir, log=tqdm.write):
+        return _train(config, workdir, max_iterations, progress)
+
+
+def _train(config, workdir: Path, max_iterations: int | None, progress: bool) -> TrainState:
     images, labels = load_training_data(config)
     mesh = make_mesh()
-
     state = init_train_state(config, images, labels)
     shardings = state_shardings(state, mesh)
     state = jax.device_put(state, shardings)
-    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
-    restored = checkpoint.restore_latest(mngr, state)
-    start = 0
+
+    start, last_saved = 0, None
+    restored = checkpoint.restore_latest(workdir, state, config, log=tqdm.write)
     if restored is not None:
-        state, start = restored
+        state, start, changes = restored
+        last_saved = start
         tqdm.write(f"Resuming from checkpoint {start} in {checkpoint.checkpoint_dir(workdir)}")
+        if changes:
+            workdir_lib.record_config_changes(workdir, start, changes)
+    workdir_lib.trim_metrics(workdir, start)
     checkpoint.write_config_json(workdir, config)
 
     train_step = jit_train_step(config, mesh, shardings)
     end = config.num_train_steps
     if max_iterations is not None:
         end = min(end, start + max_iterations)
-    last_saved = start if restored is not None else None
+    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
 
     def save(step: int, metrics: dict[str, Any]) -> None:
         nonlocal last_saved
         _check_finite(metrics, step, last_saved, workdir)
-        checkpoint.save(mngr, step, state, config)
+        try:
+            checkpoint.save(mngr, step, state, config)
+        except Exception as e:  # noqa: BLE001 - disk full, quota, I/O errors from Orbax
+            kept = f"checkpoint {last_saved} is intact" if last_saved is not None else ""
+            raise TrainingError(
+                f"could not save checkpoint {step} in {checkpoint.checkpoint_dir(workdir)} "
+                f"({type(e).__name__}: {e}); {kept}. Free space and rerun to resume."
+            ) from e
         last_saved = step
 
-    metrics_path = workdir / "metrics.jsonl"
-    bar = tqdm(
-        total=end,
-        initial=start,
-        desc=config.name or "train",
-        disable=not progress,
-        unit="it",
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=end, initial=start, desc=config.name or "train", disable=not progress,
+               unit="it", dynamic_ncols=True)  # fmt: skip
     t_last, step_last = time.perf_counter(), start
     metrics = None
-    with _StopRequest() as stop, open(metrics_path, "a") as log:
-        for step in range(start, end):
-            batch = sample_fresh_digits(config, images, labels, step)
-            key = jax.random.fold_in(state.rng, step)
-            state, metrics = train_step(state, batch, key)
-            bar.update()
-            done = step + 1
-            if done % config.log_every == 0 or done == end:
-                metrics = jax.device_get(metrics)
-                _check_finite(metrics, done, last_saved, workdir)
-                now = time.perf_counter()
-                row = {
-                    "step": done,
-                    **{k: float(v) for k, v in metrics.items()},
-                    "train/iterations_per_sec": (done - step_last) / (now - t_last),
-                }
-                t_last, step_last = now, done
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{row['train/loss']:.4g}")
-            if done % config.checkpoint_every == 0 or done == end:
-                save(done, jax.device_get(metrics))
-            if stop.signal_name:
-                if last_saved != done:
+    try:
+        with _StopRequest() as stop, open(workdir / workdir_lib.METRICS_FILE, "a") as log:
+            for step in range(start, end):
+                batch = sample_fresh_digits(config, images, labels, step)
+                key = jax.random.fold_in(state.rng, step)
+                state, metrics = train_step(state, batch, key)
+                bar.update()
+                done = step + 1
+                if done % config.log_every == 0 or done == end:
+                    metrics = jax.device_get(metrics)
+                    _check_finite(metrics, done, last_saved, workdir)
+                    now = time.perf_counter()
+                    row = {
+                        "step": done,
+                        **{k: float(v) for k, v in metrics.items()},
+                        "train/iterations_per_sec": (done - step_last) / (now - t_last),
+                    }
+                    t_last, step_last = now, done
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{row['train/loss']:.4g}")
+                if done % config.checkpoint_every == 0 or done == end or stop.signal_name:
                     save(done, jax.device_get(metrics))
-                mngr.wait_until_finished()
-                bar.close()
-                tqdm.write(
-                    f"{stop.signal_name} received: saved checkpoint {done} in "
-                    f"{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume."
-                )
-                break
-    bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+                if stop.signal_name:
+                    mngr.wait_until_finished()
+                    bar.close()
+                    tqdm.write(
+                        f"{stop.signal_name} received: saved checkpoint {done} in "
+                        f"{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume."
+                    )
+                    break
+    finally:
+        bar.close()
+        mngr.wait_until_finished()  # an in-flight save completes before the lock is released
+        mngr.close()
     return state
 
 

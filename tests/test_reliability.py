@@ -1,0 +1,199 @@
+"""Faults injected for real: signals, SIGKILL at random moments (also during saves), corrupt and
+truncated checkpoints, a second run on the same workdir, config changes on resume, disk full.
+
+Every test ends by checking that no work was lost: the params equal an uninterrupted run's, or
+the last good checkpoint is intact."""
+
+import errno
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from nca import checkpoint, train, workdir
+from tests.conftest import REPO_ROOT
+from tests.test_cli import run, train_cmd, wait_for_checkpoint
+from tests.test_train import tiny_config
+
+pytestmark = pytest.mark.slow
+EXTRA = ("--config.num_train_steps=24", "--config.checkpoint_every=2")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mnist_dir):
+    """Params of an uninterrupted 24-iteration smoke run through the CLI."""
+    path = tmp_path_factory.mktemp("straight")
+    out = run(train_cmd(path, mnist_dir, *EXTRA))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return checkpoint.load_params(path)[1]
+
+
+def assert_same_params(path, want):
+    _, got, step = checkpoint.load_params(path)
+    assert step == 24
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def assert_metrics_once_per_step(path):
+    steps = [json.loads(line)["step"] for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(2, 25, 2)), steps  # log_every=2: every step exactly once
+
+
+def test_sigterm_saves_and_the_resumed_run_ends_with_uninterrupted_params(
+    tmp_path, mnist_dir, uninterrupted
+):
+    proc = subprocess.Popen(
+        train_cmd(tmp_path, mnist_dir, *EXTRA),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_checkpoint(tmp_path, 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "SIGTERM received: saved checkpoint" in stdout + stderr
+    assert not (tmp_path / workdir.LOCK_FILE).exists()
+    out = run(train_cmd(tmp_path, mnist_dir, *EXTRA))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_params(tmp_path, uninterrupted)
+    assert_metrics_once_per_step(tmp_path)
+
+
+def test_ten_sigkills_at_random_moments_lose_nothing(tmp_path, mnist_dir, uninterrupted):
+    rng = random.Random(0)
+    kills = resumes = 0
+    while kills < 10:
+        proc = subprocess.Popen(
+            train_cmd(tmp_path, mnist_dir, *EXTRA),
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            proc.wait(timeout=rng.uniform(3.0, 9.0))  # start-up is ~3-5 s, then ~10 it/s
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        else:
+            assert proc.returncode == 0
+            break  # finished before this kill
+        resumes += 1
+        if checkpoint.checkpoint_dir(tmp_path).is_dir() and any(
+            p.name.isdigit() for p in checkpoint.checkpoint_dir(tmp_path).iterdir()
+        ):
+            checkpoint.load_params(tmp_path)  # the newest complete checkpoint always loads
+    out = run(train_cmd(tmp_path, mnist_dir, *EXTRA))
+    assert out.returncode == 0, out.stderr[-3000:]
+    print(f"{kills} SIGKILLs, {resumes} resumed runs")
+    assert kills >= 3
+    assert_same_params(tmp_path, uninterrupted)
+    assert_metrics_once_per_step(tmp_path)
+    assert not list((tmp_path / "checkpoints").glob("*tmp*"))
+
+
+def flip_bytes(step_dir):
+    for path in step_dir.rglob("*"):
+        if path.is_file() and path.parent.name == "d" and path.stat().st_size > 1000:
+            data = bytearray(path.read_bytes())
+            for i in range(50, len(data), 397):
+                data[i] ^= 0xFF
+            path.write_bytes(bytes(data))
+
+
+def remove_files(step_dir):
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file():
+            path.unlink()
+
+
+@pytest.mark.parametrize("damage", [flip_bytes, remove_files])
+def test_unreadable_latest_checkpoint_falls_back_without_deleting(
+    tmp_path, mnist_dir, uninterrupted, damage
+):
+    out = run(
+        train_cmd(tmp_path, mnist_dir, "--config.num_train_steps=8", "--config.checkpoint_every=2")
+    )
+    assert out.returncode == 0
+    damage(tmp_path / "checkpoints" / "8")
+    out = run(train_cmd(tmp_path, mnist_dir, *EXTRA))
+    assert out.returncode == 0, out.stderr[-3000:]
+    message = out.stdout + out.stderr
+    assert "checkpoint 8 in" in message and "is unreadable" in message
+    assert "Resuming from checkpoint 6" in message
+    assert (tmp_path / checkpoint.UNREADABLE_SUBDIR / "8").is_dir()  # kept, not deleted
+    assert_same_params(tmp_path, uninterrupted)
+
+
+def test_loader_says_which_checkpoint_is_unreadable(tmp_path, mnist_dir):
+    config = tiny_config(mnist_dir, num_train_steps=4, checkpoint_every=2)
+    train.train_and_evaluate(config, tmp_path, progress=False)
+    remove_files(tmp_path / "checkpoints" / "4")
+    messages = []
+    _, _, step = checkpoint.load_params(tmp_path, log=messages.append)
+    assert step == 2 and "cannot read checkpoint 4" in messages[0]
+    with pytest.raises(checkpoint.CheckpointError, match="cannot read checkpoint 4"):
+        checkpoint.load_params(tmp_path, step=4)
+
+
+def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, mnist_dir):
+    with workdir.lock(tmp_path):
+        out = run(train_cmd(tmp_path, mnist_dir))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert f"in use by pid {os.getpid()} on host {socket.gethostname()}" in last
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, mnist_dir):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / workdir.LOCK_FILE).write_text(
+        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0})
+    )
+    out = run(train_cmd(tmp_path, mnist_dir, "--config.num_train_steps=2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stale lock" in out.stdout + out.stderr
+    assert not (tmp_path / workdir.LOCK_FILE).exists()
+
+
+def test_harmless_config_changes_are_allowed_and_recorded(tmp_path, mnist_dir):
+    config = tiny_config(mnist_dir, num_train_steps=4, checkpoint_every=2)
+    train.train_and_evaluate(config, tmp_path, progress=False)
+    config.log_every = 1
+    config.num_train_steps = 6
+    train.train_and_evaluate(config, tmp_path, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "config_changes.jsonl")]
+    assert rows[0]["step"] == 4
+    assert rows[0]["changes"] == {"log_every": [2, 1], "num_train_steps": [4, 6]}
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, mnist_dir, monkeypatch):
+    real_save = ocp.CheckpointManager.save
+    calls = []
+
+    def save_until_disk_is_full(self, step, *args, **kwargs):
+        calls.append(step)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save_until_disk_is_full)
+    config = tiny_config(mnist_dir, num_train_steps=8, checkpoint_every=4)
+    with pytest.raises(
+        train.TrainingError,
+        match=r"could not save checkpoint 8 .*No space left "
+        r"on device.*checkpoint 4 is intact",
+    ):
+        train.train_and_evaluate(config, tmp_path, progress=False)
+    _, params, step = checkpoint.load_params(tmp_path)
+    assert step == 4 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+    assert not (tmp_path / workdir.LOCK_FILE).exists()
