@@ -144,3 +144,16 @@ def test_unwritable_workdir(tmp_path, mnist_dir):
     out = run(train_cmd(blocker / "workdir", mnist_dir))
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: cannot write to workdir")
+
+
+def test_wrong_shaped_data_is_one_clear_line(tmp_path):
+    from tests.conftest import synthetic_digits, write_idx
+
+    images, labels = synthetic_digits(8)
+    padded = np.zeros((8, 32, 32), np.uint8)
+    padded[:, 2:30, 2:30] = images
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", padded)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    out = run(train_cmd(tmp_path / "w", tmp_path))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "holds images of shape (32, 32), not (28, 28)" in out.stderr.strip().splitlines()[-1]

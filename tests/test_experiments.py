@@ -146,3 +146,25 @@ def test_evaluate_reports_an_unreadable_checkpoint(smoke_workdir, mnist_dir, tmp
     )
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "cannot read checkpoint 4" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--num_digits=0",), "do not fit the test set"),
+        (("--scale=2", "extra_argument"), "unexpected arguments"),
+    ],
+)
+def test_render_bad_input(smoke_workdir, mnist_dir, tmp_path, args, message):
+    out = run(
+        module(
+            "render",
+            f"--workdir={smoke_workdir}",
+            f"--mnist_dir={mnist_dir}",
+            f"--out={tmp_path / 'out'}",
+            *args,
+        )
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert message in out.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
