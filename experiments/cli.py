@@ -36,6 +36,34 @@ def resolve_config_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def load_models(workdirs: list[str] | None, model_names: list[str] | None) -> list[dict]:
+    """Every `--workdir` and `--model` (a shipped pretrained model) to work on, loaded up front so
+    a bad one fails before minutes of work: dicts of label, config, params, folder (the workdir,
+    or None for a pretrained model) and info (where it came from)."""
+    from nca import checkpoint, pretrained
+
+    models = []
+    for workdir in workdirs or []:
+        config, params, step = checkpoint.load_params(workdir)
+        models.append({"label": f"{Path(workdir).name}: {config.name} @ {step}",
+                       "config": config, "params": params, "folder": Path(workdir),
+                       "info": {"workdir": str(workdir), "checkpoint_step": step}})  # fmt: skip
+    for name in model_names or []:
+        try:
+            config, params = pretrained.load(name)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        models.append({"label": f"pretrained: {name}", "config": config, "params": params,
+                       "folder": None, "info": {"pretrained": name}})  # fmt: skip
+    if not models:
+        raise InputError("nothing to work on: give --workdir=DIR or --model=NAME.")
+    for m in models:
+        if m["config"].model.kind != "selforg_mnist":
+            raise InputError(f"{m['label']} is a {m['config'].model.kind!r} model, not a "
+                             f"self-classifying MNIST CA.")  # fmt: skip
+    return models
+
+
 def config_name(config_filename: str) -> str:
     """`/path/to/l2_noise.py:smoke` -> `l2_noise:smoke`."""
     path, sep, arg = config_filename.partition(":")

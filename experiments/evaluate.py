@@ -3,9 +3,11 @@
     python -m experiments.evaluate --workdir=workdirs/l2_noise
     python -m experiments.evaluate --workdir=workdirs/ce --workdir=workdirs/l2 --out=eval_all
     python -m experiments.evaluate --workdir=DIR --variant=persist --num_digits=1000 --steps=100
+    python -m experiments.evaluate --model=distill_l2_noise --out=eval_distill   # shipped weights
 
 Writes into each workdir `eval_<variant>.json` (every curve and the summary), `eval_<variant>.png`
-and `eval_<variant>.md`; with several workdirs also a side-by-side plot and table in --out.
+and `eval_<variant>.md` (for a pretrained --model, into `<out>/<name>/`); with several models also
+a side-by-side plot and table in --out.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 from absl import flags
 
 from experiments import cli
-from nca import checkpoint, data, evaluate, plots
+from nca import data, evaluate, plots
 
-_WORKDIRS = flags.DEFINE_multi_string("workdir", None, "Trained workdir(s) to evaluate.")
+_WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained workdir(s) to evaluate.")
+_MODELS = flags.DEFINE_multi_string(
+    "model", [], "Shipped pretrained model(s), e.g. distill_l2_noise."
+)
 _VARIANT = flags.DEFINE_enum(
     "variant",
     "restart",
@@ -30,16 +35,16 @@ _STEPS = flags.DEFINE_integer("steps", 200, "CA steps before (and after) the mut
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Digits per batch (the article: 1000).")
 _IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/fast.py).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random masks, noise and resampling.")
-_OUT = flags.DEFINE_string("out", None, "Folder for the comparison of several workdirs.")
+_OUT = flags.DEFINE_string(
+    "out", None, "Folder for the comparison of several models (and for pretrained models' results)."
+)
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
-flags.mark_flags_as_required(["workdir"])
 
 
-def evaluate_workdir(workdir, images, labels) -> tuple[str, dict]:
-    config, params, step = checkpoint.load_params(workdir)
+def evaluate_one(m: dict, images, labels) -> dict:
     curves = evaluate.evaluate_model(
-        config,
-        params,
+        m["config"],
+        m["params"],
         images,
         labels,
         num_steps=_STEPS.value,
@@ -48,12 +53,12 @@ def evaluate_workdir(workdir, images, labels) -> tuple[str, dict]:
         seed=_SEED.value,
         impl=_IMPL.value,
     )
-    name = f"{Path(workdir).name}: {config.name} @ {step}"
-    stem = Path(workdir) / f"eval_{_VARIANT.value}"
+    folder = m["folder"] or Path(_OUT.value or "eval_pretrained") / m["info"]["pretrained"]
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"eval_{_VARIANT.value}"
     result = {
-        "model": name,
-        "workdir": str(workdir),
-        "checkpoint_step": step,
+        "model": m["label"],
+        **m["info"],
         "variant": _VARIANT.value,
         "num_digits": len(images),
         "steps": _STEPS.value,
@@ -62,22 +67,18 @@ def evaluate_workdir(workdir, images, labels) -> tuple[str, dict]:
     }
     stem.with_suffix(".json").write_text(json.dumps(result) + "\n")
     stem.with_suffix(".md").write_text(
-        evaluate.markdown_table({name: result["summary"]}, _STEPS.value)
+        evaluate.markdown_table({m["label"]: result["summary"]}, _STEPS.value)
     )
-    plots.plot_curves({name: curves}, _STEPS.value, stem.with_suffix(".png"))
-    return name, result
+    plots.plot_curves({m["label"]: curves}, _STEPS.value, stem.with_suffix(".png"))
+    return result
 
 
 def main(argv):
     cli.reject_positional(argv)
-    # check every workdir before spending minutes on the first
-    for workdir in _WORKDIRS.value:
-        kind = checkpoint.load_config(workdir).model.kind
-        if kind != "selforg_mnist":
-            raise cli.InputError(f"{workdir} holds a {kind!r} model; evaluate takes selforg_mnist.")
+    models = cli.load_models(_WORKDIRS.value, _MODELS.value)
     images, labels = data.load_mnist("test", _DATA.value)
     images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]
-    results = dict(evaluate_workdir(w, images, labels) for w in _WORKDIRS.value)
+    results = {m["label"]: evaluate_one(m, images, labels) for m in models}
     table = evaluate.markdown_table({n: r["summary"] for n, r in results.items()}, _STEPS.value)
     print(f"{len(images)} test digits, {_STEPS.value} steps, variant {_VARIANT.value}:\n{table}")
     if len(results) > 1 or _OUT.value:

@@ -1,6 +1,7 @@
 """Videos of a trained model: test digits classifying, mutating, and classifying again.
 
     python -m experiments.render --workdir=workdirs/l2_noise
+    python -m experiments.render --model=distill_l2_noise      # shipped weights, no training
 
 Writes into the workdir (or --out) `digits.gif` / `digits.mp4`: a batch of test digits for --steps
 steps, then each mutated into another test digit (states survive where the new digit is alive)
@@ -20,10 +21,11 @@ from absl import flags
 from tqdm import tqdm
 
 from experiments import cli
-from nca import checkpoint, data, render
+from nca import data, render
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
+_MODEL = flags.DEFINE_string("model", None, "Or a shipped pretrained model, e.g. distill_l2_noise.")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default: the workdir, or render_<model>).")
 _NUM_DIGITS = flags.DEFINE_integer("num_digits", 16, "Digits in the video.")
 _COLUMNS = flags.DEFINE_integer("columns", 4, "Digits per row.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Steps before (and after) the mutation.")
@@ -33,7 +35,6 @@ _FPS = flags.DEFINE_integer("fps", 30, "Frames per second.")
 _FIRST = flags.DEFINE_integer("first_digit", 0, "Index of the first test digit shown.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the CA's randomness.")
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
-flags.mark_flags_as_required(["workdir"])
 
 
 def write_video(stem: Path, frames: list[np.ndarray], fps: int) -> None:
@@ -43,7 +44,12 @@ def write_video(stem: Path, frames: list[np.ndarray], fps: int) -> None:
 
 def main(argv):
     cli.reject_positional(argv)
-    config, params, _ = checkpoint.load_params(_WORKDIR.value)
+    if bool(_WORKDIR.value) == bool(_MODEL.value):
+        raise cli.InputError("give exactly one of --workdir=DIR and --model=NAME.")
+    (m,) = cli.load_models(
+        [_WORKDIR.value] if _WORKDIR.value else [], [_MODEL.value] if _MODEL.value else []
+    )
+    config, params = m["config"], m["params"]
     images, _ = data.load_mnist("test", _DATA.value)
     n, first = _NUM_DIGITS.value, _FIRST.value
     if not 1 <= n <= len(images) // 2 or not 0 <= first <= len(images) - 2 * n:
@@ -60,7 +66,7 @@ def main(argv):
             config.model.noise_std,
         )
     )
-    out = Path(_OUT.value or _WORKDIR.value)
+    out = Path(_OUT.value or m["folder"] or f"render_{_MODEL.value}")
     out.mkdir(parents=True, exist_ok=True)
     steps = range(0, len(labels), _EVERY.value)
     columns = min(_COLUMNS.value, n)

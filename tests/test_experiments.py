@@ -168,3 +168,31 @@ def test_render_bad_input(smoke_workdir, mnist_dir, tmp_path, args, message):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert message in out.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_and_render_a_shipped_model(mnist_dir, tmp_path):
+    out = run(
+        module(
+            "evaluate",
+            "--model=distill_l2_noise",
+            f"--mnist_dir={mnist_dir}",
+            "--num_digits=8",
+            "--steps=3",
+            f"--out={tmp_path}",
+        )
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "distill_l2_noise" / "eval_restart.json").read_text())
+    assert result["pretrained"] == "distill_l2_noise" and len(result["curves"]["accuracy"]) == 6
+    out = run(
+        module(
+            "render",
+            "--model=distill_l2_noise",
+            f"--mnist_dir={mnist_dir}",
+            "--num_digits=2",
+            "--steps=2",
+            f"--out={tmp_path / 'video'}",
+        )
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "video" / "digits.gif").is_file()

@@ -1,0 +1,59 @@
+"""Trained models shipped with the package, loadable by name without training or data.
+
+    from nca import pretrained
+    config, params = pretrained.load("distill_l2_noise")
+
+Each model is `<name>.npz` (params, float32) and `<name>.json` (the config it was trained with,
+plus provenance) in this folder; `export` writes them from a training workdir.
+
+Shipped:
+- `distill_l2_noise`: the Distill article's published weights (pool + mutation + L2 + noise),
+  from `distillpub/post--selforg-mnist` (`public/model.json`), CC BY 4.0: Randazzo, Mordvintsev,
+  Niklasson, Levin, Greydanus, "Self-classifying MNIST Digits", Distill 2020,
+  doi:10.23915/distill.00027.002.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from nca import model
+
+FOLDER = Path(__file__).resolve().parent
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in FOLDER.glob("*.npz"))
+
+
+def load(name: str) -> tuple[ml_collections.ConfigDict, model.Params]:
+    """`(config, params)` of a shipped model."""
+    if name not in available():
+        raise ValueError(f"no pretrained model {name!r}; available: {', '.join(available())}.")
+    meta = json.loads((FOLDER / f"{name}.json").read_text())
+    with np.load(FOLDER / f"{name}.npz") as arrays:
+        params = {}
+        for key, value in arrays.items():
+            layer, leaf = key.split("/")
+            params.setdefault(layer, {})[leaf] = value
+    return ml_collections.ConfigDict(meta["config"]), params
+
+
+def export(
+    params: model.Params,
+    config: ml_collections.ConfigDict,
+    name: str,
+    provenance: str,
+    folder: Path = FOLDER,
+) -> Path:
+    """Writes `<folder>/<name>.npz` and `.json` (config + provenance: how it was trained)."""
+    flat = {f"{layer}/{leaf}": np.asarray(v, np.float32)
+            for layer, leaves in params.items() for leaf, v in leaves.items()}  # fmt: skip
+    np.savez_compressed(folder / f"{name}.npz", **flat)
+    meta = {"config": json.loads(config.to_json()), "provenance": provenance}
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return folder / f"{name}.npz"
