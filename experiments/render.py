@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import imageio.v2 as imageio
 import jax
-import numpy as np
 from absl import flags
 from tqdm import tqdm
 
@@ -35,11 +33,6 @@ _FPS = flags.DEFINE_integer("fps", 30, "Frames per second.")
 _FIRST = flags.DEFINE_integer("first_digit", 0, "Index of the first test digit shown.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the CA's randomness.")
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
-
-
-def write_video(stem: Path, frames: list[np.ndarray], fps: int) -> None:
-    imageio.mimsave(stem.with_suffix(".gif"), frames, duration=1000 / fps, loop=0)
-    imageio.mimsave(stem.with_suffix(".mp4"), frames, fps=fps, macro_block_size=16)
 
 
 def main(argv):
@@ -74,11 +67,11 @@ def main(argv):
         render.label_frame(labels[t], alive[t], columns, _SCALE.value)
         for t in tqdm(steps, desc="digit frames")
     ]
-    write_video(out / "digits", digit_frames, _FPS.value)
+    render.write_video(out / "digits", digit_frames, _FPS.value)
     channel_frames = [
         render.channel_frame(channels[t], _SCALE.value) for t in tqdm(steps, desc="channel frames")
     ]
-    write_video(out / "channels", channel_frames, _FPS.value)
+    render.write_video(out / "channels", channel_frames, _FPS.value)
     print(
         f"wrote {out}/digits.gif, digits.mp4, channels.gif, channels.mp4 "
         f"({len(digit_frames)} frames each)"

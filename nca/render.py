@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -75,3 +76,11 @@ def channel_frame(channels: np.ndarray, scale: int, columns: int = 5) -> np.ndar
     squashed = np.arctan(channels) / np.pi + 0.5  # (-inf, inf) -> (0, 1)
     rgb = colormaps["RdBu_r"](np.moveaxis(squashed, -1, 0))[..., :3]  # (19, H, W, 3)
     return pad_to_multiple(upscale(tile((rgb * 255).astype(np.uint8), columns), scale))
+
+
+def write_video(stem: Path, frames: list[np.ndarray], fps: int) -> None:
+    """`stem`.gif and `stem`.mp4 of the frames."""
+    import imageio.v2 as imageio
+
+    imageio.mimsave(stem.with_suffix(".gif"), frames, duration=1000 / fps, loop=0)
+    imageio.mimsave(stem.with_suffix(".mp4"), frames, fps=fps, macro_block_size=16)

@@ -1,6 +1,5 @@
 """The Colab notebook runs headlessly on CPU with tiny settings."""
 
-
 import nbformat
 import pytest
 from nbclient import NotebookClient

@@ -1,0 +1,382 @@
+"""The browser demo (`python -m experiments.demo`), driven in a real headless Chromium.
+
+The page's JavaScript CA must compute what `nca.model` computes: the same states for the same fire
+masks and noise, and the same majority labels after 100 steps of its own randomness.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, SHARED_MNIST
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+pytestmark = pytest.mark.slow
+if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+    pytest.skip(
+        f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="needs selenium (pip install selenium)"
+)
+
+import jax  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+from nca import data, demo, model, pretrained  # noqa: E402
+
+MODEL = "distill_l2_noise"
+SURE_DIGITS = (0, 3, 8, 21, 30)  # MNIST test digits the model classifies with full agreement
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_command(*flags: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.demo", *flags]
+
+
+@pytest.fixture(scope="module")
+def mnist_folder(mnist_dir) -> Path:
+    """The real MNIST if present, else the tiny synthetic one (the page only needs some digits)."""
+    return SHARED_MNIST if SHARED_MNIST.is_dir() else mnist_dir
+
+
+@pytest.fixture(scope="module")
+def server(mnist_folder):
+    """`python -m experiments.demo` on a free port, default host: its base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        demo_command(f"--port={port}", f"--mnist_dir={mnist_folder}"),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # the server prints one line once it listens
+        assert line.startswith("serving"), line + proc.stdout.read()
+        assert f"http://127.0.0.1:{port}/" in line
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def driver():
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 "--window-size=1000,760"):  # fmt: skip
+        options.add_argument(flag)
+    profile = Path(tempfile.mkdtemp(prefix="nca-demo-chromium-"))
+    options.add_argument(f"--user-data-dir={profile}")
+    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser.set_script_timeout(60)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(driver, url: str, expect_ready: bool = True) -> None:
+    driver.get(url)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        ready, error = driver.execute_script(
+            "const d = window.ncaDemo; return d ? [d.ready, d.error] : [false, null];"
+        )
+        if ready or error:
+            break
+        time.sleep(0.05)
+    assert bool(ready) == expect_ready, f"page ready={ready}, error={error}"
+    if ready:
+        driver.execute_script("window.ncaDemo.setRunning(false);")
+
+
+@pytest.fixture(scope="module")
+def page(driver, server):
+    """The demo page, loaded and paused: (driver, grid height, grid width)."""
+    open_page(driver, server)
+    h, w = driver.execute_script("return window.ncaDemo.gridSize();")
+    assert h >= 56 and w >= 56
+    return driver, h, w
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return pretrained.load(MODEL)
+
+
+def centred(images: np.ndarray, h: int, w: int) -> np.ndarray:
+    """`(B, 28, 28)` grey -> `(B, h, w)`, centred as the page places digits."""
+    top, left = (h - images.shape[1]) // 2, (w - images.shape[2]) // 2
+    out = np.zeros((len(images), h, w), np.float32)
+    out[:, top : top + images.shape[1], left : left + images.shape[2]] = images
+    return out
+
+
+def stroke_digit() -> np.ndarray:
+    """A hand-drawn-looking 7 (anti-aliased strokes), 28x28 grey, for when MNIST is absent."""
+    yy, xx = np.mgrid[0:28, 0:28] + 0.5
+
+    def segment(p, q, width=1.6):
+        p, q = np.array(p, float), np.array(q, float)
+        t = np.clip(
+            ((xx - p[0]) * (q - p)[0] + (yy - p[1]) * (q - p)[1]) / ((q - p) ** 2).sum(), 0, 1
+        )
+        d = np.hypot(xx - p[0] - t * (q - p)[0], yy - p[1] - t * (q - p)[1])
+        return np.clip(width + 0.5 - d, 0, 1)
+
+    return np.maximum(segment((7, 6), (21, 6)), segment((21, 6), (12, 23))).astype(np.float32)
+
+
+def real_digits(indices) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = data.load_mnist("test", str(SHARED_MNIST))
+    return data.to_grey(images[list(indices)]), labels[list(indices)]
+
+
+def set_grey(driver, grey: np.ndarray) -> None:
+    h, w = grey.shape
+    driver.execute_script(
+        "window.ncaDemo.setGrey(arguments[0], arguments[1], arguments[2]);",
+        grey.ravel().tolist(), h, w,
+    )  # fmt: skip
+
+
+def page_state(driver, h: int, w: int) -> np.ndarray:
+    flat = driver.execute_script("return Array.from(window.ncaDemo.getState());")
+    return np.asarray(flat, np.float32).reshape(h, w, model.NUM_CHANNELS)
+
+
+def test_server_serves_only_its_files_on_localhost(server):
+    port = int(server.rsplit(":", 1)[1].strip("/"))
+
+    def get(path: str, host: str = "127.0.0.1") -> int:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("GET", path)  # sent as is: http.client does not normalise ".."
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    for path in ("/", "/index.html", "/ca.js", "/style.css", "/params.json", "/digits.json",
+                 "/ca.js?v=1"):  # fmt: skip
+        assert get(path) == 200, path
+    for path in ("/../pyproject.toml", "/etc/passwd", "//etc/passwd", "/%2e%2e/pyproject.toml",
+                 "/../../../../etc/passwd", "/nca/demo/ca.js", "/__init__.py", "/nca/",
+                 "/experiments/demo.py", "/index.html/", "/.git/config"):  # fmt: skip
+        assert get(path) == 404, path
+    # Bound to 127.0.0.1 only: another loopback address of this machine is refused.
+    with pytest.raises(OSError):
+        get("/", host="127.0.0.2")
+
+
+def test_exported_params_are_the_models(server, shipped):
+    _, params = shipped
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.rsplit(":", 1)[1].strip("/")))
+    conn.request("GET", "/params.json")
+    doc = json.loads(conn.getresponse().read())
+    conn.close()
+    assert doc["fire_rate"] == 0.5 and doc["noise_std"] == 0.02
+    assert sum(len(layer["data"]) for layer in doc["layers"]) == 22_499
+    for layer in doc["layers"]:
+        name, leaf = layer["name"].split("/")
+        want = np.asarray(params[name][leaf], np.float32)
+        assert tuple(layer["shape"]) == want.shape
+        np.testing.assert_array_equal(np.asarray(layer["data"], np.float32), want.ravel())
+
+
+def test_params_shapes_are_checked_before_export(shipped):
+    config, params = shipped
+    bad = {k: dict(v) for k, v in params.items()}
+    bad["hidden"]["kernel"] = np.zeros((80, 81), np.float32)
+    with pytest.raises(demo.DemoError, match="hidden/kernel.*shape"):
+        demo.params_json(bad, 0.5, 0.02, "bad")
+    del bad["hidden"]
+    with pytest.raises(demo.DemoError, match="no 'hidden/kernel'"):
+        demo.params_json(bad, 0.5, 0.02, "bad")
+
+
+def test_js_step_matches_jax(page, shipped):
+    """stepWith(fire mask, noise) gives model.step's states to 1e-4, and setGrey mutates as
+    model.mutate does."""
+    driver, h, w = page
+    config, params = shipped
+    first, second = (real_digits([0, 1])[0] if SHARED_MNIST.is_dir() else
+                     np.stack([stroke_digit(), stroke_digit()[:, ::-1]]))  # fmt: skip
+    first, second = centred(np.stack([first, second]), h, w)
+
+    @jax.jit
+    def jax_step(state, key):
+        fire_mask, noise = model.draw_step_randomness(
+            key, state.shape, config.model.fire_rate, config.model.noise_std
+        )
+        ds = model.update(params, model.perceive(params, state)) + noise
+        return model.apply_residual(state, ds, fire_mask), fire_mask, noise
+
+    set_grey(driver, np.zeros((h, w), np.float32))  # drops the state of the page's first digit
+    set_grey(driver, first)
+    state = model.seed_state(first[None])
+    np.testing.assert_array_equal(page_state(driver, h, w), np.asarray(state[0]))
+    key = jax.random.PRNGKey(0)
+    for t in range(8):
+        if t == 5:  # the drawing changes: states survive where the new digit is alive
+            set_grey(driver, second)
+            state = model.mutate(state, second[None])
+        state, fire_mask, noise = jax_step(state, jax.random.fold_in(key, t))
+        driver.execute_script(
+            "window.ncaDemo.stepWith(arguments[0], arguments[1]);",
+            np.asarray(fire_mask).ravel().tolist(), np.asarray(noise).ravel().tolist(),
+        )  # fmt: skip
+        np.testing.assert_allclose(page_state(driver, h, w), np.asarray(state[0]), atol=1e-4)
+    alive = np.asarray(model.alive_mask(state[0]))[..., 0]
+    assert np.abs(np.asarray(state[0])[alive, 1:]).max() > 0.1  # the steps did change states
+    labels = np.asarray(driver.execute_script("return window.ncaDemo.labels();"))
+    want = np.where(alive, np.asarray(model.cell_labels(state[0])), -1)
+    np.testing.assert_array_equal(labels.reshape(h, w), want)
+
+
+def test_drawing_with_the_mouse(page):
+    driver, h, w = page
+    driver.find_element(By.ID, "clear").click()
+    assert driver.execute_script("return window.ncaDemo.majorityLabel();") == -1
+    canvas = driver.find_element(By.ID, "grid")
+    cell = canvas.size["width"] / w  # pixels per cell; offsets are from the canvas' centre
+    actions = ActionChains(driver, duration=10)
+    actions.move_to_element_with_offset(canvas, int(-7 * cell), int(-10 * cell)).click_and_hold()
+    for dx, dy in [(14, 0), (-5, 10), (-4, 10)]:  # a 7: top bar, then the diagonal
+        for _ in range(5):
+            actions.move_by_offset(int(dx * cell / 5), int(dy * cell / 5))
+    actions.release().perform()
+    labels = np.asarray(driver.execute_script("return window.ncaDemo.labels();")).reshape(h, w)
+    alive = labels >= 0
+    assert 60 < alive.sum() < 0.3 * h * w
+    ys, xs = np.nonzero(alive)
+    assert ys.min() < h // 2 - 5 and ys.max() > h // 2 + 5 and xs.max() - xs.min() > 10
+    driver.execute_script("for (let i = 0; i < 30; i++) window.ncaDemo.step();")
+    labels = np.asarray(driver.execute_script("return window.ncaDemo.labels();")).reshape(h, w)
+    assert ((labels >= 0) == alive).all()  # drawing decides who is alive, steps never do
+    assert set(np.unique(labels[alive])) <= set(range(10))
+    majority = driver.execute_script("return window.ncaDemo.majorityLabel();")
+    assert majority == np.bincount(labels[alive], minlength=10).argmax()
+    legend = driver.find_element(By.CSS_SELECTOR, f"#legend-{majority}")
+    assert "top" in legend.get_attribute("class")
+    shares = [float(e.text.rstrip("%")) for e in driver.find_elements(By.CSS_SELECTOR, ".share")]
+    assert abs(sum(shares) - 100) <= 10  # rounded percentages
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"needs real MNIST in {SHARED_MNIST}")
+def test_majority_labels_match_jax(page, shipped):
+    """5 test digits, 100 steps of the page's own randomness: the same majority label as the JAX
+    model's rollout. The random numbers differ, so these are digits the model is sure of: in 20
+    JAX rollouts of 100 steps each, every alive cell of every one of them voted for the true
+    label (7, 0, 5, 6, 3); digits like test digit 1 (a 2, voted 0 in 60 % of rollouts) would
+    make this test flaky."""
+    from nca import fast
+
+    driver, h, w = page
+    config, params = shipped
+    images, true_labels = real_digits(SURE_DIGITS)
+    grey = centred(images, h, w)
+    rollout = fast.get_rollout("conv")
+    final, _ = rollout(
+        params, model.seed_state(grey), jax.random.PRNGKey(1), 100,
+        config.model.fire_rate, config.model.noise_std,
+    )  # fmt: skip
+    labels, alive = (
+        np.asarray(model.cell_labels(final)),
+        np.asarray(model.alive_mask(final))[..., 0],
+    )
+    jax_majority = [
+        int(np.bincount(lab[a], minlength=10).argmax())
+        for lab, a in zip(labels, alive, strict=True)
+    ]
+    page_majority = []
+    for digit in grey:
+        set_grey(driver, np.zeros((h, w), np.float32))
+        set_grey(driver, digit)
+        page_majority.append(driver.execute_script(
+            "for (let i = 0; i < 100; i++) window.ncaDemo.step();"
+            "return window.ncaDemo.majorityLabel();"
+        ))  # fmt: skip
+    assert page_majority == jax_majority == true_labels.tolist()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """`--export_only` without MNIST: the site, with no digits.json."""
+    out = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        demo_command(f"--export_only={out}", f"--mnist_dir={out / 'no_mnist_here'}"),
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "no random digits" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted([*demo.STATIC_FILES, demo.PARAMS_FILE])
+    return out
+
+
+@pytest.fixture(scope="module")
+def static_server(exported):
+    """The exported folder served by the standard library (as a static host would)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(exported))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_static_export_without_digits(driver, static_server):
+    open_page(driver, static_server)
+    assert driver.find_element(By.ID, "random").get_attribute("disabled") is not None
+    assert not driver.find_element(By.ID, "error").is_displayed()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda text: text[: len(text) // 2], "not valid JSON"),
+        (lambda text: text.replace('"shape":[80,80]', '"shape":[80,40]'), "hidden/kernel"),
+        (lambda text: text.replace('"name":"output/bias"', '"name":"output/b"'), "output/bias"),
+    ],
+)
+def test_malformed_params_show_an_error(driver, static_server, exported, damage, message):
+    params = exported / demo.PARAMS_FILE
+    good = params.read_text()
+    try:
+        params.write_text(damage(good))
+        open_page(driver, static_server, expect_ready=False)
+        error = driver.execute_script("return window.ncaDemo.error;")
+        assert message in error
+        box = driver.find_element(By.ID, "error")
+        assert box.is_displayed() and message in box.text
+    finally:
+        params.write_text(good)
