@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import imageio.v2 as imageio
 import jax
 import matplotlib
 
@@ -37,6 +38,11 @@ _STEPS = flags.DEFINE_integer("steps", 200, "CA steps.")
 _CANVAS = flags.DEFINE_integer("canvas", 56, "Grid size for scaled / stretched digits.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 _IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/fast.py).")
+_HAND_DRAWN = flags.DEFINE_string(
+    "hand_drawn_dir",
+    str(Path(__file__).resolve().parent.parent / "docs" / "hand_drawn"),
+    "Folder of 28x28 PNGs named <label>.png or <label>_<anything>.png ('' to skip).",
+)
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
 
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
@@ -113,7 +119,7 @@ def main(argv):
         del r["_per_digit"]
 
     result = {"model": m["label"], "num_digits": n, "steps": _STEPS.value, "canvas": canvas,
-              "conditions": results}  # fmt: skip
+              "conditions": results, "hand_drawn": hand_drawn(config, params, key)}  # fmt: skip
     (out / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(results, out / "robustness.png", m["label"])
     chimera_video(config, params, first[:8], second[:8], out / "chimeras")
@@ -134,8 +140,39 @@ def main(argv):
             f"{100 * w['other']:.1f} %; digits with cells still flipping in the last half: "
             f"{100 * results[f'chimera {split}']['share_still_flipping']:.1f} %."
         )
+    if result["hand_drawn"]:
+        lines.append("\n| hand-drawn | verdict (majority) | cells voting for it | all agree |")
+        lines.append("| --- | --- | --- | --- |")
+        for name, v in result["hand_drawn"].items():
+            lines.append(f"| {name} | {v['majority']} | {100 * v['majority_share']:.0f} % | "
+                         f"{'yes' if v['agrees'] else 'no'} |")  # fmt: skip
     (out / "robustness.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def hand_drawn(config, params, key) -> dict:
+    """The model's verdict on the hand-drawn digits after --steps steps."""
+    folder = Path(_HAND_DRAWN.value) if _HAND_DRAWN.value else None
+    files = sorted(folder.glob("*.png")) if folder and folder.is_dir() else []
+    if not files:
+        return {}
+    images = np.stack([np.asarray(imageio.imread(f), np.float32) / 255 for f in files])
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise cli.InputError(f"hand-drawn digits in {folder} must be 28x28 greyscale PNGs.")
+    labels = np.array([int(f.stem.split("_")[0]) for f in files])
+    out = jax.device_get(robustness.outcome(
+        params, images, labels, key, _STEPS.value, config.model.fire_rate,
+        config.model.noise_std, impl=_IMPL.value,
+    ))  # fmt: skip
+    final_votes = out["majority_votes"]
+    return {
+        f.name: {
+            "label": int(label), "majority": int(out["majority"][i]),
+            "majority_share": float(final_votes[i] / max(out["alive_cells"][i], 1)),
+            "agrees": bool(out["agrees"][i]),
+        }
+        for i, (f, label) in enumerate(zip(files, labels, strict=True))
+    }  # fmt: skip
 
 
 def plot(results: dict, path: Path, title: str) -> None:

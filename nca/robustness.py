@@ -69,11 +69,12 @@ def chimera(first: np.ndarray, second: np.ndarray, split: str) -> np.ndarray:
     return out
 
 
-def majority_labels(state: jax.Array) -> jax.Array:
-    """`(B,)`: the label most alive cells vote for (ties to the lowest)."""
+def majority_labels(state: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(B,)` each: the label most alive cells vote for (ties to the lowest), and its votes."""
     alive = model.alive_mask(state)[..., 0]
     votes = jax.nn.one_hot(model.cell_labels(state), model.NUM_CLASSES) * alive[..., None]
-    return jnp.argmax(jnp.sum(votes, axis=(1, 2)), axis=-1)
+    per_label = jnp.sum(votes, axis=(1, 2))
+    return jnp.argmax(per_label, axis=-1), jnp.max(per_label, axis=-1)
 
 
 @functools.partial(
@@ -103,11 +104,13 @@ def outcome(
         params, model.seed_state(images), key, num_steps, fire_rate, noise_std, observe
     )
     correct, alive = losses.correct_and_alive(final, labels)
+    majority, majority_votes = majority_labels(final)
     return {
         "correct_cells": correct,
         "alive_cells": alive,
         "agrees": losses.agreement(final),
-        "majority": majority_labels(final),
+        "majority": majority,
+        "majority_votes": majority_votes,
         "late_flips": jnp.sum(flips[num_steps // 2 :], axis=0),
     }
 

@@ -83,5 +83,7 @@ def test_robustness_command(mnist_dir, tmp_path):
     )
     wins = conditions["chimera left_right"]["wins"]
     assert sum(wins.values()) == pytest.approx(1.0)
+    assert set(result["hand_drawn"]) == {f"{d}.png" for d in "012347"}  # docs/hand_drawn
+    assert result["hand_drawn"]["7.png"]["label"] == 7
     for name in ("robustness.png", "robustness.md", "chimeras.gif", "chimeras.mp4"):
         assert (tmp_path / name).stat().st_size > 0
