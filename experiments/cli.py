@@ -64,6 +64,16 @@ def load_models(workdirs: list[str] | None, model_names: list[str] | None) -> li
     return models
 
 
+def load_one_model(workdir: str | None, model_name: str | None, default: str | None = None):
+    """The one model of a `--workdir` or a `--model` (`default` when neither is given)."""
+    if workdir and model_name:
+        raise InputError("give exactly one of --workdir=DIR and --model=NAME.")
+    if not workdir and not (model_name or default):
+        raise InputError("give --workdir=DIR or --model=NAME.")
+    names = [] if workdir else [model_name or default]
+    return load_models([workdir] if workdir else [], names)[0]
+
+
 def config_name(config_filename: str) -> str:
     """`/path/to/l2_noise.py:smoke` -> `l2_noise:smoke`."""
     path, sep, arg = config_filename.partition(":")

@@ -30,12 +30,7 @@ NUM_DIGITS = 100
 
 def main(argv):
     cli.reject_positional(argv)
-    if _WORKDIR.value and _MODEL.value:
-        raise cli.InputError("give exactly one of --workdir=DIR and --model=NAME.")
-    model_name = None if _WORKDIR.value else (_MODEL.value or DEFAULT_MODEL)
-    (m,) = cli.load_models(
-        [_WORKDIR.value] if _WORKDIR.value else [], [model_name] if model_name else []
-    )
+    m = cli.load_one_model(_WORKDIR.value, _MODEL.value, default=DEFAULT_MODEL)
     config = m["config"]
     try:
         params_bytes = demo.params_json(

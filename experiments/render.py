@@ -37,11 +37,7 @@ _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as traini
 
 def main(argv):
     cli.reject_positional(argv)
-    if bool(_WORKDIR.value) == bool(_MODEL.value):
-        raise cli.InputError("give exactly one of --workdir=DIR and --model=NAME.")
-    (m,) = cli.load_models(
-        [_WORKDIR.value] if _WORKDIR.value else [], [_MODEL.value] if _MODEL.value else []
-    )
+    m = cli.load_one_model(_WORKDIR.value, _MODEL.value)
     config, params = m["config"], m["params"]
     images, _ = data.load_mnist("test", _DATA.value)
     n, first = _NUM_DIGITS.value, _FIRST.value

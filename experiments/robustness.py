@@ -68,10 +68,7 @@ def run_condition(config, params, images, labels, key) -> dict:
 
 def main(argv):
     cli.reject_positional(argv)
-    if bool(_WORKDIR.value) == bool(_MODEL.value):
-        raise cli.InputError("give exactly one of --workdir=DIR and --model=NAME.")
-    workdirs = [_WORKDIR.value] if _WORKDIR.value else []
-    (m,) = cli.load_models(workdirs, [_MODEL.value] if _MODEL.value else [])
+    m = cli.load_one_model(_WORKDIR.value, _MODEL.value)
     config, params = m["config"], m["params"]
     images, labels = data.load_mnist("test", _DATA.value)
     n = _NUM_DIGITS.value
