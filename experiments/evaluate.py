@@ -34,6 +34,9 @@ _NUM_DIGITS = flags.DEFINE_integer("num_digits", 10_000, "Test digits to use (fr
 _STEPS = flags.DEFINE_integer("steps", 200, "CA steps before (and after) the mutation.")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Digits per batch (the article: 1000).")
 _IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/fast.py).")
+_EXACT = flags.DEFINE_bool(
+    "exact_randomness", False, "`alive`: draw the masks and noise that `conv` draws (slower)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random masks, noise and resampling.")
 _OUT = flags.DEFINE_string(
     "out", None, "Folder for the comparison of several models (and for pretrained models' results)."
@@ -52,6 +55,7 @@ def evaluate_one(m: dict, images, labels) -> dict:
         batch_size=_BATCH.value,
         seed=_SEED.value,
         impl=_IMPL.value,
+        exact_randomness=_EXACT.value,
     )
     folder = m["folder"] or Path(_OUT.value or "eval_pretrained") / m["info"]["pretrained"]
     folder.mkdir(parents=True, exist_ok=True)

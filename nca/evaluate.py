@@ -45,7 +45,8 @@ def step_metrics(previous: jax.Array, state: jax.Array, labels: jax.Array) -> di
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_steps", "fire_rate", "noise_std", "impl", "variant")
+    jax.jit,
+    static_argnames=("num_steps", "fire_rate", "noise_std", "impl", "variant", "exact_randomness"),
 )
 def run_batch(
     params: model.Params,
@@ -59,11 +60,12 @@ def run_batch(
     noise_std: float = 0.0,
     impl: str = "auto",
     variant: str = "restart",
+    exact_randomness: bool = False,
 ) -> dict[str, jax.Array]:
     """One batch of the protocol: `num_steps` on `images` from zero state, then (unless variant
     is "none") `num_steps` on `new_images`, mutated into ("persist") or from zero state
     ("restart"). Per-step sums of `step_metrics`."""
-    rollout = fast.get_rollout(impl)
+    rollout = fast.get_rollout(impl, exact_randomness=exact_randomness)
     k_first, k_second = jax.random.split(key)
 
     def run(state, labels, key):
@@ -92,6 +94,7 @@ def evaluate(
     batch_size: int = 1000,
     seed: int = 0,
     impl: str = "auto",
+    exact_randomness: bool = False,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """The protocol over `images` (grey, `(N, 28, 28)`): curves of `CURVES`, `(2 * num_steps,)`
@@ -118,6 +121,7 @@ def evaluate(
             noise_std,
             impl,
             variant,
+            exact_randomness,
         )
         sums = jax.device_get(sums)
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
