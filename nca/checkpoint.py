@@ -91,15 +91,18 @@ def restore_latest(
     shardings of `target`. Returns `(state, step, resumable config changes)`, or None if there
     is no checkpoint.
 
-    A checkpoint that cannot be read is moved (never deleted) to `workdir/unreadable_checkpoints/`
-    and the next newest is tried. A checkpoint whose config differs from `config` in a field
-    outside `RESUMABLE_CHANGES` raises `CheckpointError` listing the differences.
+    Checkpoints that cannot be read are skipped for the next newest one, and then moved (never
+    deleted) to `workdir/unreadable_checkpoints/`; if none is readable, nothing is moved and
+    `CheckpointError` says why (training never silently starts over). A checkpoint whose config
+    differs from `config` in a field outside `RESUMABLE_CHANGES` raises `CheckpointError` listing
+    the differences.
     """
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
         return None
     mngr = manager(workdir, read_only=True)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    unreadable = []  # (step, error) of newer checkpoints that could not be read
     try:
         for step in sorted(mngr.all_steps(), reverse=True):
             try:
@@ -110,21 +113,29 @@ def restore_latest(
                     restored = mngr.restore(
                         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                     )
-                    return restored.state, step, changes
             except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
-                moved = _quarantine(workdir, step)
-                log(
-                    f"checkpoint {step} in {directory} is unreadable ({type(e).__name__}: "
-                    f"{_first_line(e)}); moved it to {moved} and trying the previous one."
-                )
+                unreadable.append((step, f"{type(e).__name__}: {_first_line(e)}"))
                 continue
-            listing = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
-            raise CheckpointError(
-                f"checkpoint {step} in {directory} was trained with another config ({listing}). "
-                f"Resume with the config it was trained with, or use a new --workdir."
-            )
+            if refused:
+                listing = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+                raise CheckpointError(
+                    f"checkpoint {step} in {directory} was trained with another config "
+                    f"({listing}). Resume with the config it was trained with, or use a new "
+                    f"--workdir."
+                )
+            for bad_step, error in unreadable:  # only once a readable one is found
+                moved = _quarantine(workdir, bad_step)
+                log(f"checkpoint {bad_step} in {directory} is unreadable ({error}); moved it to "
+                    f"{moved}; resuming from checkpoint {step}.")  # fmt: skip
+            return restored.state, step, changes
     finally:
         mngr.close()
+    if unreadable:  # nothing readable: start over? no: leave everything where it is
+        raise CheckpointError(
+            f"no readable checkpoint in {directory}: "
+            + "; ".join(f"checkpoint {s}: {e}" for s, e in unreadable)
+            + ". Nothing was moved or deleted; fix or remove them, or use a new --workdir."
+        )
     return None
 
 

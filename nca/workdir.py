@@ -82,8 +82,14 @@ def trim_metrics(workdir: Path, last_step: int) -> None:
     path = workdir / METRICS_FILE
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["step"] <= last_step]  # fmt: skip
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line torn by a kill mid-write
+            continue
+        if row["step"] <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)

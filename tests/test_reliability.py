@@ -11,6 +11,7 @@ import random
 import signal
 import socket
 import subprocess
+import time
 
 import jax
 import numpy as np
@@ -67,37 +68,43 @@ def test_sigterm_saves_and_the_resumed_run_ends_with_uninterrupted_params(
     assert_metrics_once_per_step(tmp_path)
 
 
-def test_ten_sigkills_at_random_moments_lose_nothing(tmp_path, mnist_dir, uninterrupted):
+def test_ten_sigkills_at_random_moments_lose_nothing(tmp_path, mnist_dir):
+    long_run = ("--config.num_train_steps=120", "--config.checkpoint_every=2")
+    straight = run(train_cmd(tmp_path / "straight", mnist_dir, *long_run))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = tmp_path / "killed"
     rng = random.Random(0)
-    kills = resumes = 0
+    kills = 0
     while kills < 10:
+        latest = checkpoint.manager(killed).latest_step() if killed.is_dir() else 0
         proc = subprocess.Popen(
-            train_cmd(tmp_path, mnist_dir, *EXTRA),
+            train_cmd(killed, mnist_dir, *long_run),
             cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
-            proc.wait(timeout=rng.uniform(3.0, 9.0))  # start-up is ~3-5 s, then ~10 it/s
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        else:
-            assert proc.returncode == 0
-            break  # finished before this kill
-        resumes += 1
-        if checkpoint.checkpoint_dir(tmp_path).is_dir() and any(
-            p.name.isdigit() for p in checkpoint.checkpoint_dir(tmp_path).iterdir()
-        ):
-            checkpoint.load_params(tmp_path)  # the newest complete checkpoint always loads
-    out = run(train_cmd(tmp_path, mnist_dir, *EXTRA))
+        if (latest or 0) >= 118:
+            assert proc.wait(timeout=120) == 0
+            break
+        wait_for_checkpoint(killed, (latest or 0) + 2, proc)  # training is under way
+        time.sleep(rng.uniform(0.0, 1.0))  # then a random moment: mid-step or mid-save
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        checkpoint.load_params(killed)  # the newest complete checkpoint always loads
+    out = run(train_cmd(killed, mnist_dir, *long_run))
     assert out.returncode == 0, out.stderr[-3000:]
-    print(f"{kills} SIGKILLs, {resumes} resumed runs")
-    assert kills >= 3
-    assert_same_params(tmp_path, uninterrupted)
-    assert_metrics_once_per_step(tmp_path)
-    assert not list((tmp_path / "checkpoints").glob("*tmp*"))
+    print(f"{kills} SIGKILLs, {kills} resumed runs")
+    assert kills == 10
+    _, want, _ = checkpoint.load_params(tmp_path / "straight")
+    _, got, step = checkpoint.load_params(killed)
+    assert step == 120
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    steps = [
+        json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == list(range(2, 121, 2))  # every logged step exactly once
+    assert not list((killed / "checkpoints").glob("*tmp*"))
 
 
 def flip_bytes(step_dir):
@@ -197,3 +204,22 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, mnist_di
     _, params, step = checkpoint.load_params(tmp_path)
     assert step == 4 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
     assert not (tmp_path / workdir.LOCK_FILE).exists()
+
+
+def test_no_readable_checkpoint_refuses_to_start_over_and_moves_nothing(tmp_path, mnist_dir):
+    config = tiny_config(mnist_dir, num_train_steps=2, checkpoint_every=2)
+    train.train_and_evaluate(config, tmp_path, progress=False)
+    remove_files(tmp_path / "checkpoints" / "2")
+    config.num_train_steps = 4
+    with pytest.raises(
+        checkpoint.CheckpointError, match="no readable checkpoint.*Nothing was moved"
+    ):
+        train.train_and_evaluate(config, tmp_path, progress=False)
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    assert not (tmp_path / checkpoint.UNREADABLE_SUBDIR).exists()
+
+
+def test_trim_metrics_drops_later_and_torn_rows(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4}\n{"step": 6}\n{"ste')
+    workdir.trim_metrics(tmp_path, 4)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 2}\n{"step": 4}\n'
