@@ -221,6 +221,9 @@ def test_params_shapes_are_checked_before_export(shipped):
     del bad["hidden"]
     with pytest.raises(demo.DemoError, match="no 'hidden/kernel'"):
         demo.params_json(bad, 0.5, 0.02, "bad")
+    # images of the wrong size for the page's digits
+    with pytest.raises(demo.DemoError, match=r"expected \(N, 28, 28\)"):
+        demo.digits_json(np.zeros((4, 32, 32), np.uint8), np.zeros(4, int))
 
 
 def test_js_step_matches_jax(page, shipped):
@@ -266,6 +269,10 @@ def test_drawing_with_the_mouse(page):
     driver, h, w = page
     driver.find_element(By.ID, "clear").click()
     assert driver.execute_script("return window.ncaDemo.majorityLabel();") == -1
+    # an empty drawing steps without error and stays empty
+    driver.execute_script("for (let i = 0; i < 5; i++) window.ncaDemo.step();")
+    assert driver.execute_script("return window.ncaDemo.error;") in (None, "")
+    assert not np.any(page_state(driver, h, w))
     canvas = driver.find_element(By.ID, "grid")
     cell = canvas.size["width"] / w  # pixels per cell; offsets are from the canvas' centre
     actions = ActionChains(driver, duration=10)
