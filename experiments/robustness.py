@@ -28,7 +28,7 @@ from absl import flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from experiments import cli  # noqa: E402
-from nca import data, fast, model, render, robustness  # noqa: E402
+from nca import data, render, robustness  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _MODEL = flags.DEFINE_string("model", None, "Or a shipped pretrained model, e.g. distill_l2_noise.")
@@ -200,18 +200,12 @@ def plot(results: dict, path: Path, title: str) -> None:
 def chimera_video(config, params, first, second, stem: Path) -> None:
     """Left/right chimeras of 8 digit pairs classifying for --steps steps."""
     images = robustness.chimera(first, second, "left_right")
-
-    def observe(_, state):
-        return model.cell_labels(state), model.alive_mask(state)[..., 0]
-
-    rollout = jax.jit(
-        lambda p, x, k: fast.get_rollout("auto")(
-            p, x, k, _STEPS.value, config.model.fire_rate, config.model.noise_std, observe
-        )[1]
-    )
-    labels_t, alive_t = jax.device_get(
-        rollout(params, model.seed_state(images), jax.random.PRNGKey(1))
-    )
+    labels_t, alive_t, _ = jax.device_get(
+        render.trajectory(
+            params, images, None, jax.random.PRNGKey(1), _STEPS.value,
+            config.model.fire_rate, config.model.noise_std,
+        )
+    )  # fmt: skip
     frames = [render.label_frame(labels_t[t], alive_t[t], 4, 3) for t in range(0, len(labels_t), 2)]
     render.write_video(stem, frames, fps=25)
 

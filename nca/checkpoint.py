@@ -154,13 +154,6 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
-def load_config(workdir: str | Path, step: int | None = None) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with, as saved in its checkpoint."""
-    mngr, step = _open(workdir, step)
-    restored = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return ml_collections.ConfigDict(restored.config)
-
-
 def load_params(workdir: str | Path, step: int | None = None, log=print):
     """Rebuilds a trained model from its workdir alone: returns `(config, params, step)`.
 

@@ -22,9 +22,9 @@ WHITE = np.array([255, 255, 255], np.uint8)
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "fire_rate", "noise_std", "impl"))
 def trajectory(params, images, new_images, key, num_steps, fire_rate, noise_std, impl="auto"):
-    """`num_steps` on `images` from zero state, then a true mutation into `new_images` and
-    `num_steps` more. Returns per step `(2 * num_steps, B, H, W)` labels and alive masks, and the
-    19 mutable channels of digit 0 `(2 * num_steps, H, W, 19)`."""
+    """`num_steps` on `images` from zero state, then (unless `new_images` is None) a true mutation
+    into `new_images` and `num_steps` more. Returns per step `(T, B, H, W)` labels and alive
+    masks, and the 19 mutable channels of digit 0 `(T, H, W, 19)`."""
     rollout = fast.get_rollout(impl)
 
     def observe(_, state):
@@ -34,6 +34,8 @@ def trajectory(params, images, new_images, key, num_steps, fire_rate, noise_std,
     final, first = rollout(
         params, model.seed_state(images), k1, num_steps, fire_rate, noise_std, observe
     )
+    if new_images is None:
+        return first
     _, second = rollout(
         params, model.mutate(final, new_images), k2, num_steps, fire_rate, noise_std, observe
     )

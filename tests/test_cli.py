@@ -96,23 +96,26 @@ def test_sigkill_then_resume_gives_the_uninterrupted_params(tmp_path, mnist_dir)
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
+def interrupt_run(cmd, workdir, sig) -> tuple[int, str]:
+    """Starts `cmd`, sends `sig` once checkpoint 4 exists; its exit status and output."""
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    wait_for_checkpoint(workdir, 4, proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout + stderr
+
+
 def test_sigint_saves_and_exits_cleanly(tmp_path, mnist_dir):
     workdir = tmp_path / "w"
-    proc = subprocess.Popen(
-        train_cmd(workdir, mnist_dir, "--config.num_train_steps=100000"),
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, output = interrupt_run(
+        train_cmd(workdir, mnist_dir, "--config.num_train_steps=100000"), workdir, signal.SIGINT
     )
-    wait_for_checkpoint(workdir, 4, proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert "SIGINT received: saved checkpoint" in stdout + stderr
+    assert returncode == 0, output[-3000:]
+    assert "SIGINT received: saved checkpoint" in output
     step = checkpoint.manager(workdir).latest_step()
     assert 4 <= step < 100000
-    assert f"saved checkpoint {step} " in stdout + stderr
+    assert f"saved checkpoint {step} " in output
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import pytest
 
 from nca import checkpoint, train, workdir
 from tests.conftest import REPO_ROOT
-from tests.test_cli import run, train_cmd, wait_for_checkpoint
+from tests.test_cli import interrupt_run, run, train_cmd, wait_for_checkpoint
 from tests.test_train import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -50,17 +50,10 @@ def assert_metrics_once_per_step(path):
 def test_sigterm_saves_and_the_resumed_run_ends_with_uninterrupted_params(
     tmp_path, mnist_dir, uninterrupted
 ):
-    proc = subprocess.Popen(
-        train_cmd(tmp_path, mnist_dir, *EXTRA),
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, output = interrupt_run(
+        train_cmd(tmp_path, mnist_dir, *EXTRA), tmp_path, signal.SIGTERM
     )
-    wait_for_checkpoint(tmp_path, 4, proc)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "SIGTERM received: saved checkpoint" in stdout + stderr
+    assert returncode == 0 and "SIGTERM received: saved checkpoint" in output
     assert not (tmp_path / workdir.LOCK_FILE).exists()
     out = run(train_cmd(tmp_path, mnist_dir, *EXTRA))
     assert out.returncode == 0, out.stderr[-3000:]
