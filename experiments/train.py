@@ -1,4 +1,7 @@
-"""Train a model from a config; rerunning the same command resumes from the last checkpoint.
+"""Train any system from its config; rerunning the same command resumes from the last checkpoint.
+
+The system (the self-classifying CA, MetaNCA, the hybrid restorer) comes from
+`config.model.kind`; see nca/loop.py.
 
 python -m experiments.train --config=l2_noise --workdir=workdirs/l2_noise
 python -m experiments.train --config=l2_noise:smoke --workdir=/tmp/smoke
@@ -12,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from nca import train
+from nca import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -29,7 +32,7 @@ def main(argv):
     config = _CONFIG.value
     config.name = cli.config_name(flags.FLAGS["config"].config_filename)
     print(f"config {config.name}; devices: {jax.devices()}")
-    train.train_and_evaluate(config, _WORKDIR.value)
+    loop.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

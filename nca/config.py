@@ -16,8 +16,13 @@ class ConfigError(ValueError):
     """An unknown config name or option; the message lists what is available."""
 
 
+def _is_config(path: Path) -> bool:
+    """Config files; `common*.py` and `_*.py` hold shared pieces, not configs."""
+    return path.is_file() and not path.stem.startswith(("_", "common"))
+
+
 def available_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common"))
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if _is_config(p))
 
 
 def resolve_config_path(spec: str) -> str:
@@ -27,7 +32,7 @@ def resolve_config_path(spec: str) -> str:
     """
     name, sep, arg = spec.partition(":")
     path = Path(name) if name.endswith(".py") else CONFIG_DIR / f"{name}.py"
-    if not path.is_file() or path.stem in ("__init__", "common"):
+    if not _is_config(path):
         raise ConfigError(
             f"unknown config {name!r}: no file {path}. Available configs: "
             f"{', '.join(available_configs())} (options after a colon, e.g. l2_noise:smoke)."

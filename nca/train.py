@@ -11,11 +11,7 @@ Data-parallel over a 1-D `("data",)` mesh: params replicated, the pool and the b
 
 from __future__ import annotations
 
-import json
-import signal
-import time
 from pathlib import Path
-from typing import Any
 
 import flax.struct
 import jax
@@ -25,11 +21,10 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
-from nca import checkpoint, data, fast, losses, model
-from nca import workdir as workdir_lib
+from nca import data, fast, loop, losses, model
 from nca.config import ConfigError
+from nca.loop import TrainingError, make_mesh  # noqa: F401 - re-exported
 
 
 @flax.struct.dataclass
@@ -40,10 +35,6 @@ class TrainState:
     rng: jax.Array  # (2,) uint32: base key; iteration t uses fold_in(rng, t)
     pool_states: jax.Array  # (pool_size, 28, 28, 20) float32
     pool_labels: jax.Array  # (pool_size,) int32
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, unwritable workdir); the message says why."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,12 +192,6 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
 # Devices
 
 
-def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-    """A 1-D `("data",)` mesh over the first `num_devices` devices (all by default)."""
-    devices = jax.devices()[: num_devices or len(jax.devices())]
-    return jax.sharding.Mesh(np.asarray(devices), ("data",))
-
-
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
     """Params, optimiser state, rng and step replicated; the pool sharded along `data` when its
     size divides evenly over the devices."""
@@ -231,30 +216,7 @@ def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, s
 
 
 # --------------------------------------------------------------------------------------------
-# The loop
-
-
-class _StopRequest:
-    """Turns SIGINT / SIGTERM into a flag the loop checks after each iteration."""
-
-    def __init__(self):
-        self.signal_name = None
-
-    def __enter__(self):
-        self._previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal_name is not None:  # a second signal: give up at once
-            signal.signal(signum, self._previous[signum])
-            signal.raise_signal(signum)
-        self.signal_name = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+# The loop (shared with the other systems: nca/loop.py)
 
 
 def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
@@ -267,6 +229,18 @@ def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, n
     return data.to_grey(images), labels
 
 
+def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> loop.Trainer:
+    """The self-classifying MNIST CA, as `nca.loop.train` runs it."""
+    images, labels = load_training_data(config)
+    state = init_train_state(config, images, labels)
+    shardings = state_shardings(state, mesh)
+    return loop.Trainer(
+        init_state=jax.device_put(state, shardings),
+        train_step=jit_train_step(config, mesh, shardings),
+        next_batch=lambda step: sample_fresh_digits(config, images, labels, step),
+    )
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -274,105 +248,8 @@ def train_and_evaluate(
     max_iterations: int | None = None,
     progress: bool = True,
 ) -> TrainState:
-    """Trains to `config.num_train_steps`, resuming from the newest readable checkpoint.
-
-    Checkpoints every `checkpoint_every` iterations, at the end, and when stopped by SIGINT /
-    SIGTERM. `max_iterations` stops this call early (after that many iterations), as a
-    preemption would. Holds the workdir's lock throughout. Returns the final train state.
-    """
+    """Trains to `config.num_train_steps`, resuming from the newest readable checkpoint (see
+    `nca.loop.train`). Returns the final train state."""
     validate_config(config)
-    workdir = Path(workdir)
-    workdir_lib.prepare(workdir)
-    with workdir_lib.lock(workdir, log=tqdm.write):
-        return _train(config, workdir, max_iterations, progress)
-
-
-def _train(config, workdir: Path, max_iterations: int | None, progress: bool) -> TrainState:
-    images, labels = load_training_data(config)
-    mesh = make_mesh()
-    state = init_train_state(config, images, labels)
-    shardings = state_shardings(state, mesh)
-    state = jax.device_put(state, shardings)
-
-    start, last_saved = 0, None
-    restored = checkpoint.restore_latest(workdir, state, config, log=tqdm.write)
-    if restored is not None:
-        state, start, changes = restored
-        last_saved = start
-        tqdm.write(f"Resuming from checkpoint {start} in {checkpoint.checkpoint_dir(workdir)}")
-        if changes:
-            workdir_lib.record_config_changes(workdir, start, changes)
-    workdir_lib.trim_metrics(workdir, start)
-    checkpoint.write_config_json(workdir, config)
-
-    train_step = jit_train_step(config, mesh, shardings)
-    end = config.num_train_steps
-    if max_iterations is not None:
-        end = min(end, start + max_iterations)
-    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
-
-    def save(step: int, metrics: dict[str, Any]) -> None:
-        nonlocal last_saved
-        _check_finite(metrics, step, last_saved, workdir)
-        try:
-            checkpoint.save(mngr, step, state, config)
-        except Exception as e:  # noqa: BLE001 - disk full, quota, I/O errors from Orbax
-            kept = f"checkpoint {last_saved} is intact" if last_saved is not None else ""
-            raise TrainingError(
-                f"could not save checkpoint {step} in {checkpoint.checkpoint_dir(workdir)} "
-                f"({type(e).__name__}: {e}); {kept}. Free space and rerun to resume."
-            ) from e
-        last_saved = step
-
-    bar = tqdm(total=end, initial=start, desc=config.name or "train", disable=not progress,
-               unit="it", dynamic_ncols=True)  # fmt: skip
-    t_last, step_last = time.perf_counter(), start
-    metrics = None
-    try:
-        with _StopRequest() as stop, open(workdir / workdir_lib.METRICS_FILE, "a") as log:
-            for step in range(start, end):
-                batch = sample_fresh_digits(config, images, labels, step)
-                key = jax.random.fold_in(state.rng, step)
-                state, metrics = train_step(state, batch, key)
-                bar.update()
-                done = step + 1
-                if done % config.log_every == 0 or done == end:
-                    metrics = jax.device_get(metrics)
-                    _check_finite(metrics, done, last_saved, workdir)
-                    now = time.perf_counter()
-                    row = {
-                        "step": done,
-                        **{k: float(v) for k, v in metrics.items()},
-                        "train/iterations_per_sec": (done - step_last) / (now - t_last),
-                    }
-                    t_last, step_last = now, done
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{row['train/loss']:.4g}")
-                if done % config.checkpoint_every == 0 or done == end or stop.signal_name:
-                    save(done, jax.device_get(metrics))
-                if stop.signal_name:
-                    mngr.wait_until_finished()
-                    bar.close()
-                    tqdm.write(
-                        f"{stop.signal_name} received: saved checkpoint {done} in "
-                        f"{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume."
-                    )
-                    break
-    finally:
-        bar.close()
-        mngr.wait_until_finished()  # an in-flight save completes before the lock is released
-        mngr.close()
-    return state
-
-
-def _check_finite(metrics, step: int, last_saved: int | None, workdir: Path) -> None:
-    bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
-    if bad:
-        kept = (
-            f"the last good checkpoint, step {last_saved}, is left intact in "
-            f"{checkpoint.checkpoint_dir(workdir)}"
-            if last_saved is not None
-            else "no checkpoint was saved"
-        )
-        raise TrainingError(f"non-finite {bad} at iteration {step}; stopping: {kept}.")
+    return loop.train(config, workdir, make_trainer, max_iterations=max_iterations,
+                      progress=progress)  # fmt: skip
