@@ -1,0 +1,90 @@
+"""The base config of the hybrid restorer family (issue 8) and the options its configs accept.
+
+All four configs (`hybrid`, `hybrid_ca_only`, `cnn_autoencoder`, `digit_classifier`) have
+`model.kind = "hybrid"` (trained by `nca.hybrid.train`) and differ in `model.arch`. Options,
+comma-separated after the name:
+- `smoke`: a run of seconds (tiny batch, few steps, 2,000 training digits);
+- `gate_channel`, `gate_patch`: the per-channel / patch-wise gate readings (ablation; `hybrid`
+  only; the default is the global gate).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+OPTIONS = ("smoke", "gate_channel", "gate_patch")
+
+
+def parse_options(arg: str | None) -> set[str]:
+    options = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    unknown = options - set(OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown config option(s) {sorted(unknown)}; valid options: {', '.join(OPTIONS)} "
+            f"(comma-separated, e.g. --config=hybrid:gate_patch,smoke)."
+        )
+    return options
+
+
+def hybrid_config(arch: str, arg: str | None) -> ml_collections.ConfigDict:
+    options = parse_options(arg)
+    c = ml_collections.ConfigDict()
+    c.name = ""
+    c.seed = 0
+
+    m = c.model = ml_collections.ConfigDict()
+    m.kind = "hybrid"
+    m.arch = arch  # hybrid | ca_only | autoencoder | classifier
+    # Lattice models (hybrid, ca_only).
+    m.channels = 16
+    m.hidden = 32
+    m.dw_multiplier = 2
+    m.num_ca_steps = 10
+    m.state_noise_std = 0.02  # Gaussian state noise while training
+    m.damage_step = 5  # the damage test zeroes cells after this many steps
+    m.gate = "global"  # global | channel | patch (hybrid only)
+    if "gate_channel" in options:
+        m.gate = "channel"
+    if "gate_patch" in options:
+        m.gate = "patch"
+    m.gate_in = 1024
+    m.gate_hidden = 1024
+    m.gate_out = 256
+    m.gate_dropout = 0.5
+    m.patch_size = 8
+    # CNN autoencoder.
+    m.ae_widths = (32, 64, 128)
+    # Digit-ID classifier.
+    m.classifier_widths = (32, 64)
+    m.classifier_dense = 128
+
+    # Training corruption: fresh masks per sample hiding `train_mask_rate` of the pixels (the
+    # test's 70 %), plus Gaussian noise of `input_noise_std` on the observed pixels.
+    c.train_mask_rate = 0.7
+    c.input_noise_std = 0.05
+
+    c.batch_size = 32
+    c.num_train_steps = 2000  # x batch 32 = 64k digits (about 1 epoch), for every restorer
+    c.learning_rate = 2e-3
+    c.warmup_steps = 50
+    c.final_lr_fraction = 0.05  # cosine decay to this fraction of the rate at num_train_steps
+    c.grad_clip = 1.0
+
+    c.log_every = 25
+    c.checkpoint_every = 250
+    c.max_checkpoints_to_keep = 2
+
+    c.data = ml_collections.ConfigDict()
+    c.data.mnist_dir = ""
+    c.data.max_train_images = 0
+
+    if "smoke" in options:
+        c.batch_size = 4
+        c.num_train_steps = 6
+        c.warmup_steps = 2
+        c.log_every = 2
+        c.checkpoint_every = 3
+        c.data.max_train_images = 2000
+        m.num_ca_steps = 4
+        m.damage_step = 2
+    return c

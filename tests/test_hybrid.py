@@ -1,0 +1,231 @@
+"""The hybrid restorer family (issue 8): masking, PSNR, shapes, parameter and FLOP counts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca.config import ConfigError, load_config
+from nca.hybrid import evaluate, masking, metrics, models, train
+
+
+@pytest.fixture(scope="module")
+def configs():
+    return {n: load_config(n) for n in ("hybrid", "hybrid_ca_only", "cnn_autoencoder",
+                                        "digit_classifier", "hybrid:gate_channel",
+                                        "hybrid:gate_patch")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def params(configs):
+    return {n: models.init_params(jax.random.PRNGKey(0), c.model) for n, c in configs.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Masking
+
+
+def test_masks_hide_exactly_70_percent():
+    keep = np.asarray(masking.keep_mask(jax.random.PRNGKey(3), 50))
+    assert keep.shape == (50, 28, 28)
+    assert set(np.unique(keep)) == {0.0, 1.0}
+    assert masking.num_masked() == 549  # round(0.7 * 784 = 548.8)
+    np.testing.assert_array_equal((keep == 0).sum((1, 2)), 549)
+    assert abs((keep == 0).mean() - 0.7) < 0.0005
+    # different images get different masks, and every pixel gets hidden somewhere
+    assert len({m.tobytes() for m in keep}) == 50
+    assert (keep == 0).any(0).all()
+
+
+def test_masks_reproducible_by_seed():
+    a, b = masking.eval_masks(20, seed=5), masking.eval_masks(20, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, masking.eval_masks(20, seed=6))
+    np.testing.assert_array_equal(a, masking.keep_mask(jax.random.PRNGKey(5), 20))
+
+
+def test_other_rates_and_damage_mask():
+    keep = np.asarray(masking.keep_mask(jax.random.PRNGKey(0), 4, rate=0.5))
+    np.testing.assert_array_equal((keep == 0).sum((1, 2)), 392)
+    damage = np.asarray(masking.cell_damage_mask(jax.random.PRNGKey(0), 3))
+    assert damage.shape == (3, 32, 32, 1)
+    np.testing.assert_array_equal((damage == 0).sum((1, 2, 3)), 307)  # round(0.3 * 1024)
+
+
+def test_training_corruption_hides_exactly_the_training_rate(configs):
+    images = jnp.full((6, 28, 28), 0.5)
+    noisy, keep = train.corrupt(configs["hybrid"], images, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(np.asarray(keep == 0).sum((1, 2)), 549)
+    noise = np.asarray(noisy - images)
+    assert 0.03 < noise.std() < 0.07  # input_noise_std = 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# PSNR
+
+
+def test_psnr_hand_computed():
+    x = np.random.default_rng(0).random((3, 28, 28))
+    assert np.all(np.isinf(metrics.psnr(x, x)))  # identical images
+    zeros, ones = np.zeros((2, 28, 28)), np.ones((2, 28, 28))
+    np.testing.assert_allclose(metrics.psnr(zeros, ones), 0.0)  # MSE 1 at peak 1
+    np.testing.assert_allclose(metrics.psnr(zeros, zeros + 0.5), 10 * np.log10(4))  # 6.02 dB
+    np.testing.assert_allclose(metrics.psnr(zeros, zeros + 0.1), 20.0, atol=1e-9)
+
+
+def test_psnr_per_image_mean_hidden_only_and_pooled():
+    target = np.zeros((2, 28, 28))
+    pred = target.copy()
+    pred[0] = 0.1  # MSE 0.01 -> 20 dB
+    pred[1] = 0.01  # MSE 1e-4 -> 40 dB
+    assert metrics.mean_psnr(pred, target) == pytest.approx(30.0)
+    assert metrics.pooled_psnr(pred, target) == pytest.approx(-10 * np.log10(0.00505))
+    mask = np.zeros((2, 28, 28))
+    mask[:, :14] = 1  # error only on the hidden half
+    pred2 = np.where(mask == 1, 0.1, 0.0)
+    np.testing.assert_allclose(metrics.psnr(pred2, target, mask), 20.0)
+    np.testing.assert_allclose(metrics.psnr(pred2, target), 10 * np.log10(200))
+
+
+def test_mean_fill_and_classifier_free_baselines():
+    images = np.zeros((1, 28, 28))
+    images[0, :, :14] = 1.0
+    keep = np.zeros((1, 28, 28))
+    keep[0, 0, :] = 1  # observe the first row: half ones, half zeros
+    filled = evaluate.mean_fill(images, keep)
+    assert filled[0, 5, 5] == pytest.approx(0.5)
+    np.testing.assert_array_equal(filled[0, 0], images[0, 0])
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def test_parameter_counts(params):
+    count = models.count_params
+    h = params["hybrid"]
+    assert count(h["ca"]) == 1936  # dw 288 + 32, 1x1 32->32 1056, 32->16 528, LayerNorm 32
+    assert count(h["gate"]) == 1_312_049  # 1024*1024+1024 + 1024*256+256 + 17 + 32
+    assert count(h) == 1_314_050
+    assert count(params["hybrid_ca_only"]) == 2001
+    assert "gate" not in params["hybrid_ca_only"]
+    assert count(params["hybrid:gate_channel"]["gate"]) == 1_312_000
+    assert count(params["hybrid:gate_patch"]["gate"]) == 1_312_080
+    assert 150_000 < count(params["cnn_autoencoder"]) < 250_000  # "about 0.2M"
+    assert count(params["cnn_autoencoder"]) == 185_505
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["hybrid", "hybrid_ca_only", "cnn_autoencoder", "hybrid:gate_channel", "hybrid:gate_patch"],
+)
+def test_restorer_shapes_and_range(configs, params, name):
+    m = configs[name].model
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28))
+    keep = masking.keep_mask(jax.random.PRNGKey(1), 2)
+    out = models.restore(params[name], x, keep, m)
+    assert out.shape == (2, 28, 28)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    if m.arch != "autoencoder":
+        assert models.encode(params[name], x, keep).shape == (2, 32, 32, 16)
+
+
+def test_gate_variants_produce_bounded_deltas(configs, params):
+    s = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 16))
+    for name in ("hybrid", "hybrid:gate_channel", "hybrid:gate_patch"):
+        g = dict(params[name]["gate"])
+        g["delta"] = {"w": jnp.ones_like(g["delta"]["w"]) * 1e-4, "b": g["delta"]["b"]}
+        d = models.gate_delta(g, s, configs[name].model)
+        assert d.shape == s.shape
+        assert 0.0 < float(jnp.abs(d).max()) < 1.0
+
+
+def test_ca_only_is_local_and_the_gate_is_global(configs, params):
+    """One CA step moves information one cell; the (trained, non-zero) global gate reaches the
+    whole lattice."""
+    m = configs["hybrid"].model
+    s = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 32, 16))
+    s2 = s.at[0, 16, 16].add(1.0)
+    ca = dict(params["hybrid_ca_only"])
+    ca["ca"] = dict(ca["ca"], out=params["hybrid"]["encoder"] | {
+        "w": jax.random.normal(jax.random.PRNGKey(2), (32, 16)), "b": jnp.zeros(16)})  # fmt: skip
+    changed = np.asarray(jnp.abs(models.ca_step(ca, s2, m) - models.ca_step(ca, s, m)).max(-1)[0])
+    assert changed[15:18, 15:18].all() and (changed > 0).sum() == 9
+    hy = dict(ca, gate=dict(params["hybrid"]["gate"]))
+    hy["gate"]["delta"] = {"w": jnp.full((1024, 256), 0.01), "b": jnp.zeros(256)}
+    changed = np.asarray(jnp.abs(models.ca_step(hy, s2, m) - models.ca_step(hy, s, m)).max(-1)[0])
+    assert (changed > 0).mean() > 0.9
+
+
+def test_damage_changes_only_damaged_runs(configs, params):
+    m = configs["hybrid_ca_only"].model
+    p = params["hybrid_ca_only"]
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28))
+    keep = masking.keep_mask(jax.random.PRNGKey(1), 2)
+    clean = models.restore(p, x, keep, m)
+    np.testing.assert_allclose(
+        models.restore(p, x, keep, m, damage=jnp.ones((2, 32, 32, 1))), clean, atol=1e-6
+    )
+    damage = masking.cell_damage_mask(jax.random.PRNGKey(2), 2)
+    assert float(jnp.abs(models.restore(p, x, keep, m, damage=damage) - clean).max()) > 1e-3
+
+
+def test_classifier_shapes(params):
+    logits = models.classifier_logits(params["digit_classifier"], jnp.zeros((3, 28, 28)))
+    assert logits.shape == (3, 10)
+
+
+def test_bad_configs_are_refused(configs):
+    with pytest.raises(ConfigError, match="unknown config option"):
+        load_config("hybrid:gate_nope")
+    c = configs["hybrid"].copy_and_resolve_references()
+    c.model.gate = "nope"
+    with pytest.raises(ConfigError, match="model.gate"):
+        train.validate_config(c)
+    c = configs["hybrid"].copy_and_resolve_references()
+    c.model.arch = "nope"
+    with pytest.raises(ConfigError, match="model.arch"):
+        train.validate_config(c)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["hybrid:smoke", "hybrid_ca_only:smoke", "cnn_autoencoder:smoke", "digit_classifier:smoke",
+     "hybrid:gate_patch,smoke", "hybrid:gate_channel,smoke"],
+)  # fmt: skip
+def test_flop_count_matches_xla(name):
+    m = load_config(name).model
+    p = models.init_params(jax.random.PRNGKey(0), m)
+    analytic = metrics.analytic_flops(m)
+    xla = metrics.xla_cost(m, p, batch=2)
+    assert analytic["total"] == pytest.approx(xla["flops"], rel=0.05)  # the issue allows 10 %
+    assert analytic["matmul"] <= xla["flops"]
+
+
+def test_flop_count_scales_with_steps_and_gate(configs):
+    h, c = (
+        metrics.analytic_flops(configs["hybrid"].model),
+        metrics.analytic_flops(configs["hybrid_ca_only"].model),
+    )
+    # the global gate per step: MLP 2 * (1024*1024 + 1024*256), 1x1 convs 16->1 and 1->16
+    assert h["matmul"] - c["matmul"] == 10 * 2 * (1_310_720 + 2 * 1024 * 16)
+    # the patch gate: the MLP on 16 patches, 1x1 conv 4->16
+    patch = metrics.analytic_flops(configs["hybrid:gate_patch"].model)
+    assert patch["matmul"] - c["matmul"] == 10 * 2 * (16 * 1_310_720 + 1024 * 4 * 16)
+
+
+def test_kmeans_purity_on_separated_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.eye(10) * 10
+    x = np.concatenate([c + rng.normal(0, 0.1, (10, 10)) for c in centres])
+    classes = np.repeat(np.arange(10), 10)
+    purity, clusters = evaluate.kmeans_purity(x, classes)
+    assert purity == 1.0 and clusters == 10
+    purity, _ = evaluate.kmeans_purity(x, rng.permutation(classes))
+    assert purity < 0.6
