@@ -1,0 +1,75 @@
+"""The base config of MetaNCA and the options every MetaNCA config accepts.
+
+Options, comma-separated after the config name (`--config=metanca_iris:no_pool,smoke`):
+- `smoke`: a tiny run that meta-trains in seconds;
+- `no_pool`: every iteration grows fresh task nets (ablation of the sample pool);
+- `damage`: half of the pooled start states are zero-out damaged (one random layer and 30 % of
+  the other weights zeroed), to train regrowth;
+- `same_matrix`: the 2024 prototype's neighbourhoods (same weight matrix only);
+- `no_fan_in`: no fan-in scaling (ablation; multi-layer nets collapse).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+OPTIONS = ("smoke", "no_pool", "damage", "same_matrix", "no_fan_in")
+
+
+def parse_options(arg: str | None) -> set[str]:
+    options = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    unknown = options - set(OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown config option(s) {sorted(unknown)}; valid options: {', '.join(OPTIONS)} "
+            f"(comma-separated, e.g. --config=metanca_iris:no_pool,smoke)."
+        )
+    return options
+
+
+def metanca_config(arg: str | None) -> ml_collections.ConfigDict:
+    """Defaults shared by the iris and MNIST configs (which set task, archs and sizes)."""
+    options = parse_options(arg)
+    c = ml_collections.ConfigDict()
+    c.name = ""
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kind = "metanca"
+    c.model.code_dims = 10  # per position code; hidden state H = 3 * code_dims
+    c.model.rule_hidden = (64, 64)
+    c.model.input_grid = ()  # (rows, cols): inputs are pixels, coded by row and column
+    c.model.fire_rate = 0.8
+    c.model.fan_in_scaling = "no_fan_in" not in options
+    c.model.same_matrix_only = "same_matrix" in options
+
+    c.train_archs = ((4, 3),)
+    c.test_archs = ((4, 3),)  # held out, for evaluation only
+    c.num_rule_steps = 10
+    c.curriculum_steps = 500  # active rule steps 1 -> num_rule_steps over these iterations
+    c.nets_per_arch = 4
+    c.batch_size = 0  # 0: the whole training split every iteration
+
+    c.use_pool = "no_pool" not in options
+    c.pool_size = 64
+    c.pool_prob = 0.8
+    c.damage_prob = 0.5 if "damage" in options else 0.0
+    c.damage_fraction = 0.3
+
+    c.num_train_steps = 3000
+    c.learning_rate = 1e-3
+    c.grad_clip = 1.0
+    c.spike_factor = 10.0
+    c.loss_avg_decay = 0.95
+
+    c.log_every = 20
+    c.checkpoint_every = 200
+    c.max_checkpoints_to_keep = 2
+
+    c.data = ml_collections.ConfigDict()
+    c.data.task = "iris"
+    c.data.mnist_dir = ""
+    c.data.split_seed = 0
+    c.data.max_images = 0  # MNIST: 0 uses all 60,000 training images
+    c.options = ",".join(sorted(options))
+    return c

@@ -1,0 +1,34 @@
+"""MetaNCA on iris: one rule grows [4, 3], [4, 10, 3], [4, 5, 10, 3] and [4, 20, 3] nets;
+[4, 10, 5, 3] is held out.
+
+python -m experiments.train --config=metanca_iris --workdir=/root/runs/metanca_iris
+python -m experiments.train --config=metanca_iris:no_pool --workdir=/root/runs/metanca_iris_nopool
+python -m experiments.train --config=metanca_iris:smoke --workdir=/tmp/metanca_iris_smoke
+"""
+
+from configs.common_metanca import metanca_config, parse_options
+
+
+def get_config(arg=None):
+    c = metanca_config(arg)
+    c.data.task = "iris"
+    c.train_archs = ((4, 3), (4, 10, 3), (4, 5, 10, 3), (4, 20, 3))
+    c.test_archs = ((4, 10, 5, 3),)
+    c.model.code_dims = 10  # H = 30, as the official code
+    c.model.rule_hidden = (64, 64)
+    c.nets_per_arch = 8
+    c.num_train_steps = 3000
+    c.curriculum_steps = 500
+    if "smoke" in parse_options(arg):
+        c.train_archs = ((4, 3), (4, 6, 3))
+        c.test_archs = ((4, 5, 3),)
+        c.model.code_dims = 4
+        c.model.rule_hidden = (16,)
+        c.nets_per_arch = 2
+        c.pool_size = 8
+        c.num_train_steps = 8
+        c.curriculum_steps = 4
+        c.num_rule_steps = 3
+        c.log_every = 2
+        c.checkpoint_every = 4
+    return c

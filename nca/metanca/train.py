@@ -1,0 +1,283 @@
+"""Meta-training of the MetaNCA rule: backpropagation through many rule steps.
+
+Each iteration, for every training architecture: `nets_per_arch` start states (from that
+architecture's sample pool with probability `pool_prob`, else a fresh Flax-default init; pooled
+ones optionally zero-out damaged with probability `damage_prob`), `num_rule_steps` rule steps with
+`lax.scan` and gradient checkpointing, the task net's cross-entropy on a batch after the unroll.
+The loss is averaged over architectures and nets; its gradient reaches the rule only (start
+states are constants), is clipped to global norm `grad_clip` and applied with Adam. The final
+states go back into the pool (a ring buffer per architecture, part of the train state, so
+checkpoints and resume include it).
+
+Curriculum: the number of active rule steps grows linearly from 1 to `num_rule_steps` over the
+first `curriculum_steps` iterations. The scan always has the static length `num_rule_steps`;
+steps past the active count are masked to no-ops. This keeps one compiled train step (a scan
+length per curriculum stage would mean up to ten compiles of the meta-gradient) at the price of
+computing masked steps early in training, a small share of a run since the ramp is short.
+
+Spike discard: an iteration whose loss exceeds `spike_factor` times the running average of the
+loss (an EMA of the accepted iterations) keeps the old rule, optimiser state and pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nca import loop
+from nca.config import ConfigError
+from nca.metanca import data as metanca_data
+from nca.metanca import model
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # () int32: iterations done
+    params: model.RuleParams
+    opt_state: optax.OptState
+    rng: jax.Array  # (2,) uint32: iteration t uses fold_in(rng, t)
+    pools: tuple  # per training architecture: a NetState with a leading (pool_size,) axis
+    loss_avg: jax.Array  # () float32: running average of accepted losses (spike discard)
+
+
+def archs(config_archs) -> tuple[tuple[int, ...], ...]:
+    """Config architectures (tuples, or lists after a JSON round trip) as tuples of ints."""
+    return tuple(tuple(int(n) for n in a) for a in config_archs)
+
+
+def arch_name(arch) -> str:
+    return "-".join(str(n) for n in arch)
+
+
+def step_kwargs(config: ml_collections.ConfigDict) -> dict:
+    """The rule-step options of a config, for `model.rule_step` / `model.rollout`."""
+    m = config.model
+    return {
+        "fire_rate": m.fire_rate,
+        "fan_in_scaling": m.fan_in_scaling,
+        "same_matrix_only": m.same_matrix_only,
+    }
+
+
+def init_rule(config: ml_collections.ConfigDict, key: jax.Array) -> model.RuleParams:
+    m = config.model
+    return model.init_rule(key, 3 * m.code_dims, tuple(m.rule_hidden))
+
+
+def init_net(config: ml_collections.ConfigDict, arch, key: jax.Array) -> model.NetState:
+    """A fresh task net of `arch` with the config's position codes."""
+    return model.init_net(
+        key, arch, config.model.code_dims, tuple(config.model.get("input_grid", ()))
+    )
+
+
+def init_nets(config: ml_collections.ConfigDict, arch, keys: jax.Array) -> model.NetState:
+    """Fresh task nets, one per key: a NetState with a leading `(len(keys),)` axis."""
+    return jax.vmap(lambda k: init_net(config, arch, k))(keys)
+
+
+def curriculum(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
+    """Active rule steps at iteration `step`: 1 -> num_rule_steps over `curriculum_steps`."""
+    n = config.num_rule_steps
+    if config.curriculum_steps <= 0:
+        return jnp.asarray(n)
+    return jnp.minimum(n, 1 + (step * n) // config.curriculum_steps)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip), optax.adam(config.learning_rate)
+    )
+
+
+def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
+    rng, k_rule, k_pool = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    params = init_rule(config, k_rule)
+    pool_keys = jax.random.split(k_pool, len(config.train_archs))
+    pools = tuple(
+        init_nets(config, arch, jax.random.split(k, config.pool_size))
+        for arch, k in zip(archs(config.train_archs), pool_keys, strict=True)
+    )
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=make_optimizer(config).init(params),
+        rng=rng,
+        pools=pools,
+        loss_avg=jnp.zeros((), jnp.float32),
+    )
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    if config.data.task not in ("iris", "mnist"):
+        raise ConfigError(f"unknown data.task {config.data.task!r}; choose iris or mnist.")
+    if not config.train_archs:
+        raise ConfigError("train_archs is empty.")
+    if config.use_pool and config.pool_size < config.nets_per_arch:
+        raise ConfigError(f"pool_size {config.pool_size} < nets_per_arch {config.nets_per_arch}.")
+    if config.model.code_dims < 2:
+        raise ConfigError("model.code_dims must be at least 2.")
+
+
+def start_states(config, arch, pool, key, step):
+    """`nets_per_arch` start states for `arch`: pooled (probability `pool_prob`, possibly
+    damaged) or fresh. Returns the states and the pool slots the final states go to."""
+    k_slot, k_use, k_fresh, k_dmg, k_dmg_use = jax.random.split(key, 5)
+    n = config.nets_per_arch
+    fresh = init_nets(config, arch, jax.random.split(k_fresh, n))
+    if not config.use_pool:
+        return fresh, None
+    slots = jax.random.randint(k_slot, (n,), 0, config.pool_size)
+    pooled = jax.tree.map(lambda p: p[slots], pool)
+    if config.damage_prob > 0:
+        damaged = jax.vmap(lambda s, k: model.damage(s, k, config.damage_fraction))(
+            pooled, jax.random.split(k_dmg, n)
+        )
+        hit = jax.random.bernoulli(k_dmg_use, config.damage_prob, (n,))
+        pooled = _select(hit, damaged, pooled)
+    use_pool = jax.random.bernoulli(k_use, config.pool_prob, (n,))
+    write_slots = (step * n + jnp.arange(n)) % config.pool_size  # ring buffer
+    return _select(use_pool, pooled, fresh), write_slots
+
+
+def _select(mask: jax.Array, a, b):
+    """Per-net choice between two batched NetStates, `mask: (n,) bool`."""
+    return jax.tree.map(
+        lambda x, y: jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b
+    )
+
+
+def make_train_step(config: ml_collections.ConfigDict):
+    """`train_step(state, batch, key) -> (state, metrics)`, pure; batch: `{"x": (B, n_0),
+    "y": (B,)}`. metrics: `train/loss`, `train/accuracy` (task net after the unroll, on the
+    batch), per-architecture losses, `train/rule_steps`, `train/discarded`, `train/grad_norm`."""
+    optimizer = make_optimizer(config)
+    arch_list = archs(config.train_archs)
+    kwargs = step_kwargs(config)
+
+    def train_step(state: TrainState, batch, key):
+        n_active = curriculum(config, state.step)
+        keys = jax.random.split(key, 2 * len(arch_list))
+        starts, slots = zip(
+            *[
+                start_states(config, arch, pool, k, state.step)
+                for arch, pool, k in zip(
+                    arch_list, state.pools, keys[: len(arch_list)], strict=True
+                )
+            ],
+            strict=True,
+        )
+
+        def objective(rule):
+            def grow_and_score(x0, k):
+                final, _ = model.rollout(
+                    rule, x0, k, config.num_rule_steps, active_steps=n_active, remat=True, **kwargs
+                )
+                logits = model.forward(final, batch["x"])
+                return model.cross_entropy(logits, batch["y"]), (
+                    final,
+                    model.accuracy(logits, batch["y"]),
+                )
+
+            per_arch = []
+            for x0, k in zip(starts, keys[len(arch_list) :], strict=True):
+                net_keys = jax.random.split(k, config.nets_per_arch)
+                losses, (finals, accs) = jax.vmap(grow_and_score)(x0, net_keys)
+                per_arch.append((losses.mean(), finals, accs.mean()))
+            loss = jnp.mean(jnp.stack([p[0] for p in per_arch]))
+            return loss, per_arch
+
+        (loss, per_arch), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        spike = (state.step > 0) & (loss > config.spike_factor * state.loss_avg)
+        keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(spike, a, b), old, new)  # noqa: E731
+        pools = state.pools
+        if config.use_pool:
+            pools = tuple(
+                keep(pool, jax.tree.map(lambda p, f, s=s: p.at[s].set(f), pool, p_arch[1]))
+                for pool, p_arch, s in zip(state.pools, per_arch, slots, strict=True)
+            )
+        d = config.loss_avg_decay
+        loss_avg = jnp.where(
+            state.step == 0,
+            loss,
+            jnp.where(spike, state.loss_avg, d * state.loss_avg + (1 - d) * loss),
+        )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(state.params, new_params),
+            opt_state=keep(state.opt_state, opt_state),
+            pools=pools,
+            loss_avg=loss_avg,
+        )
+        metrics = {
+            "train/loss": loss,
+            "train/accuracy": jnp.mean(jnp.stack([p[2] for p in per_arch])),
+            "train/rule_steps": n_active,
+            "train/discarded": spike.astype(jnp.float32),
+            "train/grad_norm": optax.tree.norm(grads),
+        }
+        for arch, p in zip(arch_list, per_arch, strict=True):
+            metrics[f"train/loss_{arch_name(arch)}"] = p[0]
+        return new_state, metrics
+
+    return train_step
+
+
+def batch_sampler(config: ml_collections.ConfigDict, x: np.ndarray, y: np.ndarray):
+    """`step -> {"x", "y"}`: `batch_size` training examples drawn with a generator seeded by
+    `(seed, step)` (the whole training split when `batch_size` is 0 or larger)."""
+    if not config.batch_size or config.batch_size >= len(x):
+        full = {"x": x, "y": y}
+        return lambda step: full
+
+    def next_batch(step: int):
+        idx = np.random.default_rng([config.seed, step]).integers(0, len(x), config.batch_size)
+        return {"x": x[idx], "y": y[idx]}
+
+    return next_batch
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> loop.Trainer:
+    """MetaNCA meta-training, as `nca.loop.train` runs it. Everything is replicated over the
+    mesh (the rule is tiny and the per-architecture pools are small); the batch too."""
+    validate_config(config)
+    task = metanca_data.load_task(config)
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(init_train_state(config), replicated)
+    shardings = jax.tree.map(lambda _: replicated, state)
+    step = jax.jit(
+        make_train_step(config),
+        in_shardings=(shardings, replicated, replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+    )
+    return loop.Trainer(
+        init_state=state,
+        train_step=step,
+        next_batch=batch_sampler(config, task["train_x"], task["train_y"]),
+    )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    max_iterations: int | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Meta-trains to `config.num_train_steps`, resuming from the newest readable checkpoint
+    (see `nca.loop.train`). Returns the final train state."""
+    validate_config(config)
+    return loop.train(
+        config, workdir, make_trainer, max_iterations=max_iterations, progress=progress
+    )
