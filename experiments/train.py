@@ -6,6 +6,10 @@ The system (the self-classifying CA, MetaNCA, the hybrid restorer) comes from
 python -m experiments.train --config=l2_noise --workdir=workdirs/l2_noise
 python -m experiments.train --config=l2_noise:smoke --workdir=/tmp/smoke
 python -m experiments.train --config=ce --workdir=workdirs/ce --config.num_train_steps=20000
+
+Several hosts (a TPU VM pod slice, SLURM, Open MPI detect themselves): the same command on every
+host with `--distributed`; elsewhere add `--coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I`. The workdir must be on storage all hosts see.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host: call jax.distributed.initialize() before anything else."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed, where auto-detection does not apply."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,6 +43,9 @@ def main(argv):
     cli.reject_positional(argv)
     config = _CONFIG.value
     config.name = cli.config_name(flags.FLAGS["config"].config_filename)
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        print(f"process {jax.process_index()} of {jax.process_count()}")
     print(f"config {config.name}; devices: {jax.devices()}")
     loop.train_and_evaluate(config, _WORKDIR.value)
 

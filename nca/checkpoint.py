@@ -66,6 +66,17 @@ RESUMABLE_CHANGES = frozenset({
 UNREADABLE_SUBDIR = "unreadable_checkpoints"
 
 
+def resumable(field: str, old: Any, new: Any, step: int) -> bool:
+    """Whether changing `field` from `old` to `new` when resuming at `step` leaves the run the
+    same experiment: bookkeeping fields, and learning-rate boundaries that only move later than
+    `step` (the iterations done so far used the same rates either way)."""
+    if field in RESUMABLE_CHANGES:
+        return True
+    if field == "lr_boundaries" and isinstance(old, list) and isinstance(new, list):
+        return [b for b in old if b <= step] == [b for b in new if b <= step]
+    return False
+
+
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
     """`{"a.b": (saved value, current value)}` for every field that differs."""
     current = json.loads(config.to_json())  # tuples -> lists, as saved
@@ -94,8 +105,8 @@ def restore_latest(
     Checkpoints that cannot be read are skipped for the next newest one, and then moved (never
     deleted) to `workdir/unreadable_checkpoints/`; if none is readable, nothing is moved and
     `CheckpointError` says why (training never silently starts over). A checkpoint whose config
-    differs from `config` in a field outside `RESUMABLE_CHANGES` raises `CheckpointError` listing
-    the differences.
+    differs from `config` in a way `resumable` refuses raises `CheckpointError` listing the
+    differences.
     """
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
@@ -108,7 +119,7 @@ def restore_latest(
             try:
                 saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
                 changes = config_differences(saved.config, config)
-                refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+                refused = {k: v for k, v in changes.items() if not resumable(k, *v, step)}
                 if not refused:
                     restored = mngr.restore(
                         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
@@ -124,6 +135,8 @@ def restore_latest(
                     f"--workdir."
                 )
             for bad_step, error in unreadable:  # only once a readable one is found
+                if jax.process_index() != 0:  # process 0 moves them
+                    continue
                 moved = _quarantine(workdir, bad_step)
                 log(f"checkpoint {bad_step} in {directory} is unreadable ({error}); moved it to "
                     f"{moved}; resuming from checkpoint {step}.")  # fmt: skip
@@ -168,11 +181,12 @@ def load_params(workdir: str | Path, step: int | None = None, log=print):
             restored = mngr.restore(
                 candidate,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()
+                    state=ocp.args.StandardRestore(_saved_on_one_device(mngr, candidate)),
+                    config=ocp.args.JsonRestore(),
                 ),
             )
             config = ml_collections.ConfigDict(restored.config)
-            params = restored.state["params"]
+            params = jax.device_get(restored.state["params"])
         except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
             errors.append(
                 f"cannot read checkpoint {candidate}: {type(e).__name__}: {_first_line(e)}"
@@ -182,6 +196,16 @@ def load_params(workdir: str | Path, step: int | None = None, log=print):
             log(f"warning: {error}; using checkpoint {candidate} instead.")
         return config, params, candidate
     raise CheckpointError(f"no readable checkpoint in {mngr.directory}: {'; '.join(errors)}")
+
+
+def _saved_on_one_device(mngr: ocp.CheckpointManager, step: int):
+    """The saved state's structure, shapes and dtypes, placed on this process's first device, so
+    that a checkpoint written on another topology (several devices or hosts) restores anywhere."""
+    saved = ocp.StandardCheckpointer().metadata(Path(mngr.directory) / str(step) / "state")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved.item_metadata.tree
+    )
 
 
 def _open(workdir: str | Path, step: int | None):

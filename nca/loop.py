@@ -12,14 +12,21 @@ host function giving iteration `t`'s batch. `train` does the rest the same way f
 - stops with `TrainingError` on a non-finite metric or a failed save, naming the intact checkpoint;
 - holds the workdir's lock throughout.
 
+Multi-process (several hosts, after `jax.distributed.initialize()`): every process runs the same
+loop on the global mesh and takes part in Orbax saves; process 0 alone holds the lock and writes
+`metrics.jsonl`, `config.json` and `config_changes.jsonl`. The workdir must then be on storage
+every host sees.
+
 `train_and_evaluate(config, workdir)` picks the system from `config.model.kind`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -93,9 +100,13 @@ def train(
     name. Returns the final train state.
     """
     workdir = Path(workdir)
-    workdir_lib.prepare(workdir)
-    with workdir_lib.lock(workdir, log=tqdm.write):
-        return _train(config, workdir, make_trainer(config, make_mesh()), max_iterations, progress)
+    primary = jax.process_index() == 0
+    if primary:
+        workdir_lib.prepare(workdir)
+    lock = workdir_lib.lock(workdir, log=tqdm.write) if primary else contextlib.nullcontext()
+    with lock:
+        return _train(config, workdir, make_trainer(config, make_mesh()), max_iterations,
+                      progress and primary)  # fmt: skip
 
 
 class _StopRequest:
@@ -122,22 +133,27 @@ class _StopRequest:
 
 
 def _train(config, workdir: Path, trainer: Trainer, max_iterations: int | None, progress: bool):
+    primary = jax.process_index() == 0
     state = trainer.init_state
+    # First, on every process: creating the manager makes the checkpoint folder (and syncs the
+    # processes), so all of them then see the same checkpoints.
+    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
     start, last_saved = 0, None
     restored = checkpoint.restore_latest(workdir, state, config, log=tqdm.write)
+    mngr.reload()  # unreadable checkpoints may have been moved away
     if restored is not None:
         state, start, changes = restored
         last_saved = start
         tqdm.write(f"Resuming from checkpoint {start} in {checkpoint.checkpoint_dir(workdir)}")
-        if changes:
+        if changes and primary:
             workdir_lib.record_config_changes(workdir, start, changes)
-    workdir_lib.trim_metrics(workdir, start)
-    checkpoint.write_config_json(workdir, config)
+    if primary:
+        workdir_lib.trim_metrics(workdir, start)
+        checkpoint.write_config_json(workdir, config)
 
     end = config.num_train_steps
     if max_iterations is not None:
         end = min(end, start + max_iterations)
-    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
 
     def save(step: int, metrics: dict[str, Any]) -> None:
         nonlocal last_saved
@@ -157,7 +173,8 @@ def _train(config, workdir: Path, trainer: Trainer, max_iterations: int | None, 
     t_last, step_last = time.perf_counter(), start
     metrics = None
     try:
-        with _StopRequest() as stop, open(workdir / workdir_lib.METRICS_FILE, "a") as log:
+        metrics_file = workdir / workdir_lib.METRICS_FILE if primary else os.devnull
+        with _StopRequest() as stop, open(metrics_file, "a") as log:
             for step in range(start, end):
                 batch = trainer.next_batch(step)
                 key = jax.random.fold_in(state.rng, step)

@@ -119,11 +119,13 @@ def assemble_batch(
     idx = jax.random.permutation(key, config.pool_size)[: config.batch_size]
     x = state.pool_states[idx]
     y = state.pool_labels[idx]
-    x = x.at[:quarter].set(model.seed_state(images[:quarter]))
-    y = y.at[:quarter].set(labels[:quarter])
+    # Built by concatenation: `.at[:quarter].set` on the gathered rows computed wrong values
+    # when the batch is sharded over several processes (JAX 0.10, CPU).
+    x = jnp.concatenate([model.seed_state(images[:quarter]), x[quarter:]])
+    y = jnp.concatenate([labels[:quarter].astype(y.dtype), y[quarter:]])
     if config.mutate:
-        x = x.at[-quarter:].set(model.mutate(x[-quarter:], images[quarter:]))
-        y = y.at[-quarter:].set(labels[quarter:])
+        x = jnp.concatenate([x[:-quarter], model.mutate(x[-quarter:], images[quarter:])])
+        y = jnp.concatenate([y[:-quarter], labels[quarter:].astype(y.dtype)])
     return x, y, idx
 
 

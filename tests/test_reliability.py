@@ -214,3 +214,50 @@ def test_trim_metrics_drops_later_and_torn_rows(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4}\n{"step": 6}\n{"ste')
     workdir.trim_metrics(tmp_path, 4)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 2}\n{"step": 4}\n'
+
+
+def test_two_processes_train_and_resume_exactly_like_one(tmp_path, mnist_dir):
+    """Multi-host training (`--distributed`), as on a TPU pod, with two CPU processes: the same
+    losses and params as one process, one metrics file, and a two-process resume."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+
+    def two_processes(*extra):
+        procs = [
+            subprocess.Popen(
+                train_cmd(
+                    tmp_path / "two",
+                    mnist_dir,
+                    "--distributed",
+                    *extra,
+                    f"--coordinator_address=localhost:{port}",
+                    "--num_processes=2",
+                    f"--process_id={i}",
+                ),  # fmt: skip
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+        return outputs
+
+    first = two_processes("--config.num_train_steps=8")
+    assert "process 1 of 2" in first[1]
+    two_processes()  # resumes at 8, ends at 12
+    out = run(train_cmd(tmp_path / "one", mnist_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    losses = {
+        n: [json.loads(line)["train/loss"] for line in open(tmp_path / n / "metrics.jsonl")]
+        for n in ("one", "two")
+    }
+    assert len(losses["two"]) == 6  # process 0 alone writes, every logged step once
+    np.testing.assert_allclose(losses["two"], losses["one"], rtol=1e-5)
+    _, want, _ = checkpoint.load_params(tmp_path / "one")
+    _, got, step = checkpoint.load_params(tmp_path / "two")  # saved on 2 devices, loads on 1
+    assert step == 12
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, want)

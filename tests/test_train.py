@@ -178,3 +178,12 @@ def test_resuming_with_a_shape_changing_config_is_refused(mnist_dir, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=r"another config \(pool_size: 16 -> 32\)"):
         train.train_and_evaluate(config, tmp_path, progress=False)
     assert checkpoint.manager(tmp_path).all_steps() == [2]
+
+
+def test_moving_later_learning_rate_drops_is_resumable_moving_past_ones_is_not():
+    # Resuming at 16,000 with the drops moved from (30k, 70k) to (20k, 32k): same history so far.
+    assert checkpoint.resumable("lr_boundaries", [30_000, 70_000], [20_000, 32_000], 16_000)
+    assert not checkpoint.resumable("lr_boundaries", [30_000, 70_000], [10_000, 32_000], 16_000)
+    assert not checkpoint.resumable("lr_boundaries", [10_000], [12_000], 16_000)
+    assert checkpoint.resumable("num_train_steps", 100_000, 40_000, 16_000)
+    assert not checkpoint.resumable("learning_rate", 1e-3, 2e-3, 16_000)
