@@ -298,7 +298,7 @@ def run_experiment(
             "pasted back, mean over images; psnr_hidden: MSE over the hidden pixels only; "
             "psnr_pooled: one MSE over all images",
             "damage": f"{DAMAGE_RATE:.0%} of the 32x32 lattice cells (all channels) zeroed after "
-            "step `damage_step` (5) of `num_ca_steps` (10), seed {DAMAGE_SEED}",
+            f"step `damage_step` (5) of `num_ca_steps` (10), seed {DAMAGE_SEED}",
             "flops": "per sample, eval-mode forward; XLA cost analysis with the CA loop unrolled",
             "machine": machine(),
         },
