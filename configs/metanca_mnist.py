@@ -28,7 +28,7 @@ def get_config(arg=None):
     c.log_every = 10
     c.checkpoint_every = 100
     if "smoke" in parse_options(arg):
-        c.train_archs = ((784, 10), (784, 8, 10))
+        c.train_archs = ((784, 8, 10),)
         c.test_archs = ((784, 6, 10),)
         c.model.code_dims = 2
         c.model.rule_hidden = (8,)

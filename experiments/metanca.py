@@ -43,6 +43,9 @@ _DAMAGE = flags.DEFINE_string("damage_workdir", None, "zero_out: the rule traine
 _EXPERIMENT = flags.DEFINE_list("experiment", ["accuracy"], f"Any of {', '.join(EXPERIMENTS)}.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
 _NETS = flags.DEFINE_integer("nets", 32, "Sampled task nets per architecture (grid: per cell).")
+_GRID_SIZES = flags.DEFINE_list(
+    "grid_sizes", [str(n) for n in range(10, 100, 10)], "grid: the hidden sizes X and Y."
+)
 _GRID_NETS = flags.DEFINE_integer("grid_nets", 10, "grid: sampled task nets per cell.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Rule steps to grow (0: the trained horizon).")
 _LONG = flags.DEFINE_integer("long_steps", 500, "stability: length of the long rollout.")
@@ -50,6 +53,12 @@ _DAMAGE_AT = flags.DEFINE_integer("damage_at", 50, "zero_out: rule steps before 
 _AFTER = flags.DEFINE_integer("after_steps", 100, "zero_out: rule steps after the damage.")
 _LR = flags.DEFINE_float("baseline_lr", 1e-2, "baseline: Adam learning rate.")
 _SEED = flags.DEFINE_integer("seed", 1234, "Seed of the sampled task-net inits.")
+_CURVE_EXAMPLES = flags.DEFINE_integer(
+    "curve_examples",
+    0,
+    "stability, zero_out, baseline: evaluate per-step curves on the first N "
+    "examples of the split (0: all); accuracy and grid always use the whole test split.",
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -64,6 +73,11 @@ def load(workdir: str):
 def task_arrays(config):
     d = metanca_data.load_task(config)
     return {k: jnp.asarray(v) for k, v in d.items()}
+
+
+def curve_split(d, split: str):
+    n = _CURVE_EXAMPLES.value or len(d[f"{split}_x"])
+    return d[f"{split}_x"][:n], d[f"{split}_y"][:n]
 
 
 def write(out: Path, name: str, result: dict, table: str, fig=None) -> None:
@@ -139,7 +153,7 @@ def run_grid(m, d, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     config = m["config"]
-    sizes = list(range(10, 100, 10))
+    sizes = [int(n) for n in _GRID_SIZES.value]
     keys = evaluate.init_keys(_SEED.value, _GRID_NETS.value)
     n_in, n_out = int(config.train_archs[0][0]), int(config.train_archs[0][-1])
     acc = np.zeros((len(sizes), len(sizes)))
@@ -225,7 +239,7 @@ def run_stability(m, d, out: Path) -> None:
             config.test_archs
         ):
             curves = evaluate.grow_curves(
-                config, mm["rule"], arch, keys, d["train_x"], d["train_y"], _LONG.value
+                config, mm["rule"], arch, keys, *curve_split(d, "train"), _LONG.value
             )
             per_net = [evaluate.stability(c[1:]) for c in curves["loss"]]
             of_mean = evaluate.stability(curves["loss"].mean(0)[1:])
@@ -286,8 +300,7 @@ def run_zero_out(m, d, out: Path) -> None:
                 mm["rule"],
                 arch,
                 keys,
-                d["test_x"],
-                d["test_y"],
+                *curve_split(d, "test"),
                 total,
                 damage_at=_DAMAGE_AT.value,
             )
@@ -336,14 +349,15 @@ def run_baseline(m, d, out: Path) -> None:
     result = {"source": source(m), "rule_steps": n, "baseline_lr": _LR.value, "archs": []}
     rows = []
     for arch in metanca_train.archs(config.train_archs) + metanca_train.archs(config.test_archs):
-        grown = evaluate.grow_curves(config, m["rule"], arch, keys, d["test_x"], d["test_y"], long)
+        test_x, test_y = curve_split(d, "test")
+        grown = evaluate.grow_curves(config, m["rule"], arch, keys, test_x, test_y, long)
         bp = evaluate.backprop_curves(
             arch,
             keys,
             d["train_x"],
             d["train_y"],
-            d["test_x"],
-            d["test_y"],
+            test_x,
+            test_y,
             long,
             _LR.value,
             batch_size=int(config.batch_size),

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Arch = Sequence[int]  # layer sizes [n_0, ..., n_L]
 Layer = tuple[jax.Array, jax.Array]  # (w (n_in + 1, n_out), h (n_in + 1, n_out, H))
@@ -60,15 +61,16 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def sinusoid(position: jax.Array, dims: int, base: float) -> jax.Array:
+def sinusoid(position, dims: int, base: float) -> np.ndarray:
     """Sinusoidal codes: `position (...,)` -> `(..., dims)`, frequencies `base ** (-m / k)`."""
     k = (dims + 1) // 2
-    freqs = base ** (-jnp.arange(k) / k)
-    angle = jnp.asarray(position, jnp.float32)[..., None] * freqs
-    return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], -1)[..., :dims]
+    freqs = base ** (-np.arange(k) / k)
+    angle = np.asarray(position, np.float64)[..., None] * freqs
+    code = np.concatenate([np.sin(angle), np.cos(angle)], -1)[..., :dims]
+    return code.astype(np.float32)
 
 
-def grid_code(index: jax.Array, grid: Sequence[int], dims: int) -> jax.Array:
+def grid_code(index: np.ndarray, grid: Sequence[int], dims: int) -> np.ndarray:
     """Codes of input neurons laid out on an image grid (row-major `index`, -1 for the bias):
     half the dims code the row, half the column, as `sin / cos(pi * m * pos / size)` for
     m = 1, 2, ... (a smooth Fourier basis over the image)."""
@@ -76,46 +78,48 @@ def grid_code(index: jax.Array, grid: Sequence[int], dims: int) -> jax.Array:
     parts = []
     for pos, size, d in ((index // cols, rows, dims // 2), (index % cols, cols, dims - dims // 2)):
         k = (d + 1) // 2
-        angle = jnp.pi * (pos.astype(jnp.float32)[:, None] + 0.5) / size * jnp.arange(1, k + 1)
-        code = jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], -1)[:, :d]
-        parts.append(jnp.where(index[:, None] < 0, -1.0, code))
-    return jnp.concatenate(parts, -1)
+        angle = np.pi * (pos.astype(np.float64)[:, None] + 0.5) / size * np.arange(1, k + 1)
+        code = np.concatenate([np.sin(angle), np.cos(angle)], -1)[:, :d]
+        parts.append(np.where(index[:, None] < 0, -1.0, code))
+    return np.concatenate(parts, -1).astype(np.float32)
 
 
 def position_codes(
     arch: Arch, code_dims: int, input_grid: Sequence[int] = ()
-) -> tuple[jax.Array, ...]:
-    """The initial hidden states: per layer `(n_l + 1, n_{l+1}, 3 * code_dims)`.
+) -> tuple[np.ndarray, ...]:
+    """The initial hidden states: per layer `(n_l + 1, n_{l+1}, 3 * code_dims)` float32.
 
     Each weight's state is `[code(input neuron), code(output neuron), code(layer)]`. Neuron
     codes use absolute indices (the bias row gets index -1), so output neuron j is class j in
     every architecture; the layer code holds half a code of the layer index counted from the
     input and half counted from the output, so "last layer" looks the same at every depth.
     With `input_grid` (e.g. `(28, 28)`), the network inputs are pixels and get `grid_code`s of
-    their row and column instead of a code of their flat index.
+    their row and column instead of a code of their flat index. Computed with numpy on the
+    host: built inside `jit` from `arange`, XLA would constant-fold them at every compile, which
+    took tens of seconds per architecture.
     """
     depth = len(arch) - 1
     states = []
     for layer, (n_in, n_out) in enumerate(zip(arch[:-1], arch[1:], strict=True)):
-        rows = jnp.concatenate([jnp.arange(n_in), jnp.array([BIAS_INDEX])])
+        rows = np.concatenate([np.arange(n_in), np.array([BIAS_INDEX])])
         if layer == 0 and input_grid:
             in_code = grid_code(rows, input_grid, code_dims)
         else:
             in_code = sinusoid(rows, code_dims, 1000.0)  # (n_in + 1, k)
-        out_code = sinusoid(jnp.arange(n_out), code_dims, 1000.0)  # (n_out, k)
+        out_code = sinusoid(np.arange(n_out), code_dims, 1000.0)  # (n_out, k)
         half = code_dims // 2
-        layer_code = jnp.concatenate(
+        layer_code = np.concatenate(
             [
-                sinusoid(jnp.asarray(layer), half, 10.0),
-                sinusoid(jnp.asarray(depth - 1 - layer), code_dims - half, 10.0),
+                sinusoid(np.asarray(layer), half, 10.0),
+                sinusoid(np.asarray(depth - 1 - layer), code_dims - half, 10.0),
             ]
         )
         states.append(
-            jnp.concatenate(
+            np.concatenate(
                 [
-                    jnp.broadcast_to(in_code[:, None], (n_in + 1, n_out, code_dims)),
-                    jnp.broadcast_to(out_code[None], (n_in + 1, n_out, code_dims)),
-                    jnp.broadcast_to(layer_code, (n_in + 1, n_out, code_dims)),
+                    np.broadcast_to(in_code[:, None], (n_in + 1, n_out, code_dims)),
+                    np.broadcast_to(out_code[None], (n_in + 1, n_out, code_dims)),
+                    np.broadcast_to(layer_code, (n_in + 1, n_out, code_dims)),
                 ],
                 -1,
             )
@@ -135,7 +139,7 @@ def init_net(
         keys, position_codes(arch, code_dims, input_grid), arch[:-1], arch[1:], strict=True
     ):
         w = jnp.concatenate([lecun(k, (n_in, n_out)), jnp.zeros((1, n_out))])
-        layers.append((w, h))
+        layers.append((w, jnp.asarray(h)))
     return tuple(layers)
 
 
@@ -255,12 +259,21 @@ def rule_step(
     dws, dhs = rule_update(
         rule, state, fan_in_scaling=fan_in_scaling, same_matrix_only=same_matrix_only
     )
-    keys = jax.random.split(key, len(state))
     new = []
-    for (w, h), dw, dh, k in zip(state, dws, dhs, keys, strict=True):
-        fire = jax.random.bernoulli(k, fire_rate, w.shape).astype(w.dtype)
+    for layer, ((w, h), dw, dh) in enumerate(zip(state, dws, dhs, strict=True)):
+        fire = fire_mask(key, layer, w.shape, fire_rate).astype(w.dtype)
         new.append((w + fire * dw, h + fire[..., None] * dh))
     return tuple(new)
+
+
+def fire_mask(key: jax.Array, layer: int, shape: tuple[int, ...], fire_rate: float) -> jax.Array:
+    """A random boolean mask, True with probability `fire_rate`, from XLA's RngBitGenerator
+    keyed by `(key, layer)`. `jax.random.bernoulli` (threefry) costs about a second of compile
+    time per call site on a CPU; this costs next to none."""
+    words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    k4 = jnp.concatenate([words.astype(jnp.uint32), jnp.array([layer, 0x9E3779B9], jnp.uint32)])
+    _, bits = jax.lax.rng_bit_generator(k4, shape, dtype=jnp.uint32)
+    return bits < jnp.uint32(min(fire_rate, 1.0 - 2**-32) * 2**32)
 
 
 def rollout(

@@ -1,0 +1,69 @@
+"""MetaNCA end to end: the smoke config meta-trains, checkpoints, resumes, and every experiment
+runs on the reloaded rule and writes its JSON, Markdown and figure (accuracy and stability
+share their growing code with grid and zero_out)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nca.metanca import evaluate
+from tests.conftest import REPO_ROOT
+
+
+def run(*args, timeout=600):
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_stability_metric_by_hand():
+    loss = np.array([3.0, 2.0, 1.05, 1.0, 1.2, 1.08, 1.09, 1.1, 2.0])
+    got = evaluate.stability(loss)  # within 1.1: steps 2, 3, 5, 6, 7
+    assert got == {"min_loss": 1.0, "steps_to_train": 2, "longest_within_10pct": 3}
+
+
+@pytest.mark.slow
+def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
+    workdir = tmp_path / "mnist"
+    train = [
+        "-m",
+        "experiments.train",
+        "--config=metanca_mnist:smoke",
+        f"--workdir={workdir}",
+        f"--config.data.mnist_dir={mnist_dir}",
+    ]
+    run(*train, "--config.num_train_steps=3")
+    run(*train)  # resumes from checkpoint 3 to 6
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]
+    assert all("train/loss_784-8-10" in r for r in rows)
+
+    out = tmp_path / "out"
+    run(
+        "-m",
+        "experiments.metanca",
+        f"--workdir={workdir}",
+        f"--out={out}",
+        "--nets=2",
+        "--grid_nets=2",
+        "--grid_sizes=10",
+        "--damage_at=3",
+        "--after_steps=3",
+        "--experiment=grid,zero_out,baseline",
+    )
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["sizes"] == [10] and 0 <= grid["min"] <= grid["max"] <= 1
+    zero = json.loads((out / "zero_out.json").read_text())
+    curve = zero["runs"]["trained without damage"]["archs"][0]["curve"]
+    assert len(curve) == 3 + 3 + 1
+    for name in ("grid", "zero_out", "baseline"):
+        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.md").exists()
+    baseline = json.loads((out / "baseline.json").read_text())
+    assert [a["arch"] for a in baseline["archs"]] == [[784, 8, 10], [784, 6, 10]]
