@@ -17,13 +17,16 @@ import ml_collections
 OPTIONS = ("smoke", "short", "no_pool", "no_mutation")
 
 
-def parse_options(arg: str | None) -> set[str]:
+def parse_options(
+    arg: str | None, valid: tuple[str, ...] = OPTIONS, example: str = "l2_noise:no_pool,smoke"
+) -> set[str]:
+    """The comma-separated options after a config name's colon; `ValueError` for unknown ones."""
     options = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = options - set(OPTIONS)
+    unknown = options - set(valid)
     if unknown:
         raise ValueError(
-            f"unknown config option(s) {sorted(unknown)}; valid options: {', '.join(OPTIONS)} "
-            f"(comma-separated, e.g. --config=l2_noise:no_pool,smoke)."
+            f"unknown config option(s) {sorted(unknown)}; valid options: {', '.join(valid)} "
+            f"(comma-separated, e.g. --config={example})."
         )
     return options
 

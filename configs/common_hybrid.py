@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import common
+
 OPTIONS = ("smoke", "gate_channel", "gate_patch")
 
 
 def parse_options(arg: str | None) -> set[str]:
-    options = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = options - set(OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown config option(s) {sorted(unknown)}; valid options: {', '.join(OPTIONS)} "
-            f"(comma-separated, e.g. --config=hybrid:gate_patch,smoke)."
-        )
-    return options
+    return common.parse_options(arg, OPTIONS, "hybrid:gate_patch,smoke")
 
 
 def hybrid_config(arch: str, arg: str | None) -> ml_collections.ConfigDict:

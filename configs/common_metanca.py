@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import common
+
 OPTIONS = ("smoke", "no_pool", "damage", "same_matrix", "no_fan_in")
 
 
 def parse_options(arg: str | None) -> set[str]:
-    options = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = options - set(OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown config option(s) {sorted(unknown)}; valid options: {', '.join(OPTIONS)} "
-            f"(comma-separated, e.g. --config=metanca_iris:no_pool,smoke)."
-        )
-    return options
+    return common.parse_options(arg, OPTIONS, "metanca_iris:no_pool,smoke")
 
 
 def metanca_config(arg: str | None) -> ml_collections.ConfigDict:
