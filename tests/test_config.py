@@ -3,14 +3,19 @@
 import pytest
 
 from nca.config import ConfigError, available_configs, load_config
+from nca.loop import SYSTEMS
 
 
 def test_every_config_and_option_loads():
-    assert {"ce", "l2", "l2_noise"} <= set(available_configs())
+    assert {"ce", "l2", "l2_noise", "metanca_iris", "hybrid"} <= set(available_configs())
     for name in available_configs():
-        for arg in ("", ":smoke", ":no_pool,smoke", ":no_mutation"):
+        for arg in ("", ":smoke"):
             config = load_config(name + arg)
             assert config.name == name + arg
+            assert config.model.kind in SYSTEMS
+    for name in ("ce", "l2", "l2_noise"):
+        for arg in (":short", ":no_pool,smoke", ":no_mutation"):
+            config = load_config(name + arg)
             assert config.batch_size % 4 == 0 and config.pool_size >= config.batch_size
 
 
