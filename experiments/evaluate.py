@@ -4,10 +4,13 @@
     python -m experiments.evaluate --workdir=workdirs/ce --workdir=workdirs/l2 --out=eval_all
     python -m experiments.evaluate --workdir=DIR --variant=persist --num_digits=1000 --steps=100
     python -m experiments.evaluate --model=distill_l2_noise --out=eval_distill   # shipped weights
+    python -m experiments.evaluate --result=workdirs/ce/eval_restart.json \
+        --result=workdirs/l2_noise/eval_restart.json --out=eval_all   # compare earlier results
 
 Writes into each workdir `eval_<variant>.json` (every curve and the summary), `eval_<variant>.png`
 and `eval_<variant>.md` (for a pretrained --model, into `<out>/<name>/`); with several models also
-a side-by-side plot and table in --out.
+a side-by-side plot and table in --out. `--result` adds an earlier `eval_<variant>.json` to that
+comparison without evaluating it again.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from absl import flags
 
 from experiments import cli
@@ -42,6 +46,25 @@ _OUT = flags.DEFINE_string(
     "out", None, "Folder for the comparison of several models (and for pretrained models' results)."
 )
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
+_RESULTS = flags.DEFINE_multi_string(
+    "result", [], "Earlier eval_<variant>.json file(s) to add to the comparison (not re-run)."
+)
+
+
+def load_result(path: str) -> dict:
+    """An `eval_<variant>.json` written by this command, checked against the current flags."""
+    try:
+        result = json.loads(Path(path).read_text())
+        label, variant, steps = result["model"], result["variant"], result["steps"]
+        result["curves"] = {k: np.asarray(v) for k, v in result["curves"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise cli.InputError(f"--result={path} is not a readable eval_<variant>.json ({e}).") from e
+    if (variant, steps) != (_VARIANT.value, _STEPS.value):
+        raise cli.InputError(
+            f"--result={path} ({label}) was evaluated with --variant={variant} --steps={steps}; "
+            f"compare it with the same flags."
+        )
+    return result
 
 
 def evaluate_one(m: dict, images, labels) -> dict:
@@ -79,12 +102,18 @@ def evaluate_one(m: dict, images, labels) -> dict:
 
 def main(argv):
     cli.reject_positional(argv)
-    models = cli.load_models(_WORKDIRS.value, _MODELS.value)
-    images, labels = data.load_mnist("test", _DATA.value)
-    images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]
-    results = {m["label"]: evaluate_one(m, images, labels) for m in models}
+    earlier = [load_result(path) for path in _RESULTS.value]
+    results = {}
+    if _WORKDIRS.value or _MODELS.value or not earlier:
+        models = cli.load_models(_WORKDIRS.value, _MODELS.value)
+        images, labels = data.load_mnist("test", _DATA.value)
+        images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]
+        results = {m["label"]: evaluate_one(m, images, labels) for m in models}
+    results.update({r["model"]: r for r in earlier})
     table = evaluate.markdown_table({n: r["summary"] for n, r in results.items()}, _STEPS.value)
-    print(f"{len(images)} test digits, {_STEPS.value} steps, variant {_VARIANT.value}:\n{table}")
+    digits = sorted({r["num_digits"] for r in results.values()})
+    print(f"{'/'.join(map(str, digits))} test digits, {_STEPS.value} steps, variant "
+          f"{_VARIANT.value}:\n{table}")  # fmt: skip
     if len(results) > 1 or _OUT.value:
         out = Path(_OUT.value or "eval_comparison")
         out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,15 @@ def test_article_settings():
     assert not load_config("l2_noise:no_mutation").mutate
 
 
+def test_shorter_schedules():
+    for option, iterations, drops in ((":short", 40_000, (20_000, 32_000)),
+                                      (":20k", 20_000, (10_000, 16_000))):  # fmt: skip
+        c = load_config("l2_noise" + option)
+        assert (c.num_train_steps, tuple(c.lr_boundaries)) == (iterations, drops)
+    with pytest.raises(ConfigError, match="different schedules"):
+        load_config("ce:short,20k")
+
+
 def test_unknown_name_and_option_are_clear():
     with pytest.raises(ConfigError, match="Available configs: .*l2_noise"):
         load_config("l3")

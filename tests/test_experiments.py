@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import imageio.v2 as imageio
+import jax
 import numpy as np
 import pytest
 
@@ -196,3 +197,53 @@ def test_evaluate_and_render_a_shipped_model(mnist_dir, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "video" / "digits.gif").is_file()
+
+
+@pytest.fixture(scope="module")
+def evaluated_workdir(smoke_workdir, mnist_dir, tmp_path_factory):
+    """A copy of the smoke workdir with an `eval_restart.json` (8 digits, 3 steps)."""
+    workdir = tmp_path_factory.mktemp("evaluated") / "run"
+    subprocess.run(["cp", "-r", str(smoke_workdir), str(workdir)], check=True)
+    out = run(module("evaluate", f"--workdir={workdir}", f"--mnist_dir={mnist_dir}",
+                     "--num_digits=8", "--steps=3"))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_evaluate_compares_earlier_results_without_rerunning(evaluated_workdir, tmp_path):
+    result = json.loads((evaluated_workdir / "eval_restart.json").read_text())
+    result["model"] = "another run"
+    result["summary"].update(top_agreement=50.0, top_agreement_step=1, agreement_final=50.0)
+    (tmp_path / "other.json").write_text(json.dumps(result))
+    paths = [f"--result={evaluated_workdir / 'eval_restart.json'}",
+             f"--result={tmp_path / 'other.json'}"]  # fmt: skip
+    out = run(module("evaluate", *paths, "--steps=3", f"--out={tmp_path / 'cmp'}"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = (tmp_path / "cmp" / "comparison_restart.md").read_text()
+    assert "run: l2_noise:smoke @ 4" in table and "| another run |" in table
+    assert "| 50.0 at 1 | 50.0 |" in table  # its agreement columns, from the file
+    out = run(module("evaluate", *paths, "--steps=5"))  # other flags than the results had
+    assert out.returncode != 0 and "evaluated with --variant=restart --steps=3" in out.stderr
+
+
+def test_export_ships_a_workdir_by_name(evaluated_workdir, tmp_path, monkeypatch):
+    from nca import pretrained
+
+    workdir = evaluated_workdir
+    export = module("export", f"--workdir={workdir}", "--name=mine", f"--folder={tmp_path / 'm'}",
+                    "--note=A test run.")  # fmt: skip
+    out = run(export)
+    assert out.returncode == 0, out.stderr[-3000:]
+    monkeypatch.setattr(pretrained, "FOLDER", tmp_path / "m")
+    config, params = pretrained.load("mine")
+    _, want, step = checkpoint.load_params(workdir)
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    assert config.name == "l2_noise:smoke"
+    meta = json.loads((tmp_path / "m" / "mine.json").read_text())
+    assert f"config l2_noise:smoke, {step} of 4 iterations" in meta["provenance"]
+    assert "Evaluated on 8 test digits (restart protocol, 3 steps)" in meta["provenance"]
+    assert meta["provenance"].endswith("A test run.")
+    before = (tmp_path / "m" / "mine.npz").read_bytes()
+    out = run(export)  # a second export of the same name must not replace the first
+    assert out.returncode != 0 and "pass --overwrite" in out.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "m" / "mine.npz").read_bytes() == before
