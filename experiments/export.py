@@ -6,8 +6,8 @@
 
 Writes `nca/pretrained/<name>.npz` (params) and `<name>.json` (the config and a provenance text
 built from the workdir: config name, iterations trained, learning-rate schedule, config changes
-on resume, and the `eval_restart.json` summary when the workdir has one). An existing model of
-that name is only replaced with --overwrite.
+on resume, and the `eval_restart.json` summary when it evaluated the exported checkpoint). An
+existing model of that name is only replaced with --overwrite.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def provenance(workdir: Path, config, step: int, note: str = "") -> str:
             listed = "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in row["changes"].items())
             parts.append(f"Resumed at iteration {row['step']:,} with {listed}.")
     result = workdir / "eval_restart.json"
-    if result.is_file():
-        r = json.loads(result.read_text())
+    r = json.loads(result.read_text()) if result.is_file() else {}
+    if r.get("checkpoint_step") == step:  # an evaluation of an older checkpoint is left out
         s, n = r["summary"], r["steps"]
         parts.append(
             f"Evaluated on {r['num_digits']:,} test digits (restart protocol, {n} steps): top "
