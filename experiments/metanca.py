@@ -5,7 +5,8 @@ grid:       (MNIST) heatmap of mean test accuracy of grown [784, X, Y, 10], X, Y
 stability:  (iris) a long rollout: steps until the loss is within 10 % of its minimum and the
             longest run within it, with the pool (--workdir) and without (--nopool_workdir).
 zero_out:   grow, zero one layer and 30 % of the other weights, keep growing; the rule of
-            --workdir and, if given, of --damage_workdir (meta-trained with damage).
+            --workdir and, if given, of --damage_workdir (a second rule, e.g. `:damage`);
+            each labelled by whether its config trained with damage.
 baseline:   the same MLPs trained by Adam for the same number of steps.
 
 Each writes `<name>.json`, `<name>.md` and (except accuracy) `<name>.png` into --out (default:
@@ -282,9 +283,14 @@ def run_stability(m, d, out: Path) -> None:
 def run_zero_out(m, d, out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    models = [("trained without damage", m)]
-    if _DAMAGE.value:
-        models.append(("trained with damage", load(_DAMAGE.value)))
+    models = [m] + ([load(_DAMAGE.value)] if _DAMAGE.value else [])
+    label = lambda mm: f"trained with{'' if mm['config'].damage_prob else 'out'} damage"  # noqa: E731
+    models = [(label(mm), mm) for mm in models]
+    if len({name for name, _ in models}) < len(models):
+        raise cli.InputError(
+            f"--workdir and --damage_workdir={_DAMAGE.value} are both rules {models[0][0]}; "
+            "give --damage_workdir a rule meta-trained with the `damage` option."
+        )
     keys = evaluate.init_keys(_SEED.value, _NETS.value)
     total = _DAMAGE_AT.value + _AFTER.value
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
