@@ -283,9 +283,8 @@ def run_stability(m, d, out: Path) -> None:
 def run_zero_out(m, d, out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    models = [m] + ([load(_DAMAGE.value)] if _DAMAGE.value else [])
-    label = lambda mm: f"trained with{'' if mm['config'].damage_prob else 'out'} damage"  # noqa: E731
-    models = [(label(mm), mm) for mm in models]
+    rules = [m] + ([load(_DAMAGE.value)] if _DAMAGE.value else [])
+    models = [(f"trained with{'' if r['config'].damage_prob else 'out'} damage", r) for r in rules]
     if len({name for name, _ in models}) < len(models):
         raise cli.InputError(
             f"--workdir and --damage_workdir={_DAMAGE.value} are both rules {models[0][0]}; "
