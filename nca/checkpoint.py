@@ -6,6 +6,7 @@ A workdir holds `checkpoints/<step>/` (Orbax: the train state and the config as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -173,18 +175,20 @@ def load_params(workdir: str | Path, step: int | None = None, log=print):
     `step=None` takes the newest readable checkpoint (saying which newer ones are unreadable).
     Params come back as numpy arrays in the layout of `nca.model.init_params`.
     """
-    mngr, newest = _open(workdir, step)
+    with _quiet_orbax():
+        mngr, newest = _open(workdir, step)
     candidates = [newest] if step is not None else sorted(mngr.all_steps(), reverse=True)
     errors = []
     for candidate in candidates:
         try:
-            restored = mngr.restore(
-                candidate,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_saved_on_one_device(mngr, candidate)),
-                    config=ocp.args.JsonRestore(),
-                ),
-            )
+            with _quiet_orbax():
+                restored = mngr.restore(
+                    candidate,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_saved_on_one_device(mngr, candidate)),
+                        config=ocp.args.JsonRestore(),
+                    ),
+                )
             config = ml_collections.ConfigDict(restored.config)
             params = jax.device_get(restored.state["params"])
         except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
@@ -196,6 +200,19 @@ def load_params(workdir: str | Path, step: int | None = None, log=print):
             log(f"warning: {error}; using checkpoint {candidate} instead.")
         return config, params, candidate
     raise CheckpointError(f"no readable checkpoint in {mngr.directory}: {'; '.join(errors)}")
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax warns about every read-only manager and missing metadata file; `cli.run` silences
+    absl logging for the scripts, this does it where params are loaded from a notebook or library
+    code."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def _saved_on_one_device(mngr: ocp.CheckpointManager, step: int):
