@@ -58,6 +58,9 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     c.pool_size = 160
     c.mutate = "no_mutation" not in options
 
+    # Start from a shipped model's params (a name in `nca.pretrained`) or a workdir's newest
+    # checkpoint instead of a fresh init: fine-tuning. Optimizer and pool start fresh.
+    c.init_from = ""
     c.num_train_steps = 100_000
     c.learning_rate = 1e-3
     c.lr_boundaries = (30_000, 70_000)  # learning rate x0.1 after each

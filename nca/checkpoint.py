@@ -64,6 +64,7 @@ def save_params(workdir: str | Path, params: Any, config: ml_collections.ConfigD
 RESUMABLE_CHANGES = frozenset({
     "name", "log_every", "checkpoint_every", "max_checkpoints_to_keep", "num_train_steps",
     "data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness",
+    "init_from",  # only decides a fresh run's params; a resumed run has them from its checkpoint
 })  # fmt: skip
 UNREADABLE_SUBDIR = "unreadable_checkpoints"
 
@@ -169,39 +170,6 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
-def load_params(workdir: str | Path, step: int | None = None, log=print):
-    """Rebuilds a trained model from its workdir alone: returns `(config, params, step)`.
-
-    `step=None` takes the newest readable checkpoint (saying which newer ones are unreadable).
-    Params come back as numpy arrays in the layout of `nca.model.init_params`.
-    """
-    with _quiet_orbax():
-        mngr, newest = _open(workdir, step)
-    candidates = [newest] if step is not None else sorted(mngr.all_steps(), reverse=True)
-    errors = []
-    for candidate in candidates:
-        try:
-            with _quiet_orbax():
-                restored = mngr.restore(
-                    candidate,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(_saved_on_one_device(mngr, candidate)),
-                        config=ocp.args.JsonRestore(),
-                    ),
-                )
-            config = ml_collections.ConfigDict(restored.config)
-            params = jax.device_get(restored.state["params"])
-        except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
-            errors.append(
-                f"cannot read checkpoint {candidate}: {type(e).__name__}: {_first_line(e)}"
-            )
-            continue
-        for error in errors:
-            log(f"warning: {error}; using checkpoint {candidate} instead.")
-        return config, params, candidate
-    raise CheckpointError(f"no readable checkpoint in {mngr.directory}: {'; '.join(errors)}")
-
-
 @contextlib.contextmanager
 def _quiet_orbax():
     """Orbax warns about every read-only manager and missing metadata file; `cli.run` silences
@@ -213,6 +181,38 @@ def _quiet_orbax():
         yield
     finally:
         logging.set_verbosity(verbosity)
+
+
+@_quiet_orbax()
+def load_params(workdir: str | Path, step: int | None = None, log=print):
+    """Rebuilds a trained model from its workdir alone: returns `(config, params, step)`.
+
+    `step=None` takes the newest readable checkpoint (saying which newer ones are unreadable).
+    Params come back as numpy arrays in the layout of `nca.model.init_params`.
+    """
+    mngr, newest = _open(workdir, step)
+    candidates = [newest] if step is not None else sorted(mngr.all_steps(), reverse=True)
+    errors = []
+    for candidate in candidates:
+        try:
+            restored = mngr.restore(
+                candidate,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_saved_on_one_device(mngr, candidate)),
+                    config=ocp.args.JsonRestore(),
+                ),
+            )
+            config = ml_collections.ConfigDict(restored.config)
+            params = jax.device_get(restored.state["params"])
+        except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+            errors.append(
+                f"cannot read checkpoint {candidate}: {type(e).__name__}: {_first_line(e)}"
+            )
+            continue
+        for error in errors:
+            log(f"warning: {error}; using checkpoint {candidate} instead.")
+        return config, params, candidate
+    raise CheckpointError(f"no readable checkpoint in {mngr.directory}: {'; '.join(errors)}")
 
 
 def _saved_on_one_device(mngr: ocp.CheckpointManager, step: int):

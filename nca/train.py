@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nca import data, fast, loop, losses, model
+from nca import checkpoint, data, fast, loop, losses, model, pretrained
 from nca.config import ConfigError
 from nca.loop import TrainingError, make_mesh  # noqa: F401 - re-exported
 
@@ -73,12 +73,13 @@ def num_fresh_digits(config: ml_collections.ConfigDict) -> int:
 def init_train_state(
     config: ml_collections.ConfigDict, images: jax.Array, labels: jax.Array
 ) -> TrainState:
-    """Fresh params and an initial pool of `pool_size` random training digits at zero state.
+    """Fresh params (or `config.init_from`'s) and an initial pool of `pool_size` random training
+    digits at zero state.
 
     images: `(N, 28, 28)` grey in [0, 1]; labels: `(N,)`.
     """
     rng, k_params, k_pool = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    params = model.init_params(k_params)
+    params = initial_params(config, k_params)
     idx = jax.random.randint(k_pool, (config.pool_size,), 0, images.shape[0])
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -88,6 +89,31 @@ def init_train_state(
         pool_states=model.seed_state(images[idx]),
         pool_labels=jnp.asarray(labels)[idx].astype(jnp.int32),
     )
+
+
+def initial_params(config: ml_collections.ConfigDict, key: jax.Array) -> model.Params:
+    """`model.init_params(key)`, or with `config.init_from` the params of a shipped model (by
+    name) or of a workdir's newest checkpoint, to fine-tune."""
+    fresh = model.init_params(key)
+    source = config.init_from
+    if not source:
+        return fresh
+    if source in pretrained.available():
+        source_config, params = pretrained.load(source)
+    elif checkpoint.checkpoint_dir(source).is_dir():
+        source_config, params, _ = checkpoint.load_params(source)
+    else:
+        raise ConfigError(
+            f"init_from {source!r} is neither a shipped model ({', '.join(pretrained.available())})"
+            f" nor a training workdir (a folder with {checkpoint.CHECKPOINT_SUBDIR}/)."
+        )
+    shapes = lambda tree: jax.tree.map(np.shape, tree)  # noqa: E731
+    if source_config.model.kind != config.model.kind or shapes(params) != shapes(fresh):
+        raise ConfigError(
+            f"init_from {source!r} holds a {source_config.model.kind!r} model with params "
+            f"{shapes(params)}; this config needs {shapes(fresh)}."
+        )
+    return jax.tree.map(jnp.asarray, params)
 
 
 def sample_fresh_digits(

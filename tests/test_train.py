@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca import checkpoint, model, train
-from nca.config import load_config
+from nca import checkpoint, loop, model, pretrained, train
+from nca.config import ConfigError, load_config
 from tests.conftest import REPO_ROOT
 
 
@@ -187,3 +187,27 @@ def test_moving_later_learning_rate_drops_is_resumable_moving_past_ones_is_not()
     assert not checkpoint.resumable("lr_boundaries", [10_000], [12_000], 16_000)
     assert checkpoint.resumable("num_train_steps", 100_000, 40_000, 16_000)
     assert not checkpoint.resumable("learning_rate", 1e-3, 2e-3, 16_000)
+
+
+def test_init_from_starts_at_a_shipped_model_or_a_workdir_and_rejects_others(mnist_dir, tmp_path):
+    key = jax.random.PRNGKey(0)
+    _, shipped = pretrained.load("l2_noise")
+    from_name = train.initial_params(tiny_config(mnist_dir, init_from="l2_noise"), key)
+    jax.tree.map(np.testing.assert_array_equal, from_name, shipped)
+
+    config = tiny_config(mnist_dir, init_from="l2_noise", num_train_steps=2)
+    finetuned = train.train_and_evaluate(config, tmp_path / "ca", progress=False)
+    after = jax.device_get(finetuned.params)
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), after, shipped)
+    assert 0 < max(jax.tree.leaves(moved)) < 0.1  # trained on from the shipped params
+    _, saved, _ = checkpoint.load_params(tmp_path / "ca")
+    from_workdir = train.initial_params(tiny_config(mnist_dir, init_from=str(tmp_path / "ca")), key)
+    jax.tree.map(np.testing.assert_array_equal, from_workdir, saved)
+
+    with pytest.raises(ConfigError, match="neither a shipped model"):
+        train.initial_params(tiny_config(mnist_dir, init_from="no_such_model"), key)
+    metanca_config = load_config("metanca_iris:smoke")
+    metanca_config.num_train_steps = 1
+    loop.train_and_evaluate(metanca_config, tmp_path / "metanca", progress=False)
+    with pytest.raises(ConfigError, match="'metanca' model"):
+        train.initial_params(tiny_config(mnist_dir, init_from=str(tmp_path / "metanca")), key)
