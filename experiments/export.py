@@ -37,6 +37,8 @@ def provenance(workdir: Path, config, step: int, note: str = "") -> str:
         f"iterations (learning rate {config.learning_rate:g}, x0.1 after {drops}; seed "
         f"{config.seed})."
     ]
+    if config.get("init_from"):
+        parts.append(f"Started from the params of {config.init_from}.")
     changes = workdir / "config_changes.jsonl"
     if changes.is_file():
         for line in changes.read_text().splitlines():

@@ -243,6 +243,11 @@ def test_export_ships_a_workdir_by_name(evaluated_workdir, tmp_path, monkeypatch
     assert f"config l2_noise:smoke, {step} of 4 iterations" in meta["provenance"]
     assert "Evaluated on 8 test digits (restart protocol, 3 steps)" in meta["provenance"]
     assert meta["provenance"].endswith("A test run.")
+    assert "Started from" not in meta["provenance"]
+    from experiments import export as export_script
+
+    config.init_from = "l2_noise"  # a fine-tuned run says where it started
+    assert "Started from the params of l2_noise." in export_script.provenance(workdir, config, step)
     before = (tmp_path / "m" / "mine.npz").read_bytes()
     out = run(export)  # a second export of the same name must not replace the first
     assert out.returncode != 0 and "pass --overwrite" in out.stderr.strip().splitlines()[-1]

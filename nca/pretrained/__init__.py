@@ -12,8 +12,8 @@ Shipped:
   Niklasson, Levin, Greydanus, "Self-classifying MNIST Digits", Distill 2020,
   doi:10.23915/distill.00027.002.
 - `l2_noise`, `l2`, `ce`: trained with this codebase (`l2_noise:20k`, `l2:20k`, `ce:20k`: 20,000
-  iterations on one CPU core each); their `.json` gives the schedule and the full-test-set
-  evaluation.
+  iterations on one CPU core each; `l2_noise` then fine-tuned 10,000 more); their `.json` gives
+  the schedule and the full-test-set evaluation.
 """
 
 from __future__ import annotations
