@@ -95,7 +95,7 @@ def initial_params(config: ml_collections.ConfigDict, key: jax.Array) -> model.P
     """`model.init_params(key)`, or with `config.init_from` the params of a shipped model (by
     name) or of a workdir's newest checkpoint, to fine-tune."""
     fresh = model.init_params(key)
-    source = config.init_from
+    source = config.get("init_from")  # absent in configs saved before it existed
     if not source:
         return fresh
     if source in pretrained.available():
