@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from nca import data, evaluate, fast, model, train
+from nca import data
+from nca.selforg_mnist import evaluate, fast, model, train
 from nca.config import load_config
 
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Folder for the JSON and Markdown.")

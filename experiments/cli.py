@@ -8,7 +8,7 @@ from pathlib import Path
 from nca.checkpoint import CheckpointError
 from nca.config import ConfigError, resolve_config_path
 from nca.data import DataError
-from nca.train import TrainingError
+from nca.loop import TrainingError
 from nca.workdir import WorkdirError
 
 
@@ -40,7 +40,8 @@ def load_models(workdirs: list[str] | None, model_names: list[str] | None) -> li
     """Every `--workdir` and `--model` (a shipped pretrained model) to work on, loaded up front so
     a bad one fails before minutes of work: dicts of label, config, params, folder (the workdir,
     or None for a pretrained model) and info (where it came from)."""
-    from nca import checkpoint, pretrained
+    from nca import checkpoint
+    from nca.selforg_mnist import pretrained
 
     models = []
     for workdir in workdirs or []:

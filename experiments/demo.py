@@ -15,7 +15,8 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import cli
-from nca import data, demo
+from nca import data
+from nca.selforg_mnist import demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _MODEL = flags.DEFINE_string("model", None, "Or a shipped model (default: distill_l2_noise).")

@@ -22,7 +22,8 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from nca import data, evaluate, plots
+from nca import data
+from nca.selforg_mnist import evaluate, plots
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained workdir(s) to evaluate.")
 _MODELS = flags.DEFINE_multi_string(

@@ -19,7 +19,8 @@ from pathlib import Path
 from absl import flags
 
 from experiments import cli
-from nca import checkpoint, pretrained
+from nca import checkpoint
+from nca.selforg_mnist import pretrained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir to export.")
 _NAME = flags.DEFINE_string("name", None, "Name to load it by, e.g. l2_noise.")

@@ -14,7 +14,8 @@ from pathlib import Path
 from absl import flags
 
 from experiments import cli
-from nca import checkpoint, reference
+from nca import checkpoint
+from nca.selforg_mnist import reference
 from nca.config import load_config
 
 _OUT = flags.DEFINE_string("out", None, "Workdir to create.")

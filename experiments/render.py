@@ -19,7 +19,8 @@ from absl import flags
 from tqdm import tqdm
 
 from experiments import cli
-from nca import data, render
+from nca import data
+from nca.selforg_mnist import render
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _MODEL = flags.DEFINE_string("model", None, "Or a shipped pretrained model, e.g. distill_l2_noise.")

@@ -28,7 +28,8 @@ from absl import flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from experiments import cli  # noqa: E402
-from nca import data, render, robustness  # noqa: E402
+from nca import data
+from nca.selforg_mnist import render, robustness  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _MODEL = flags.DEFINE_string("model", None, "Or a shipped pretrained model, e.g. distill_l2_noise.")
@@ -40,7 +41,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 _IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/fast.py).")
 _HAND_DRAWN = flags.DEFINE_string(
     "hand_drawn_dir",
-    str(Path(__file__).resolve().parent.parent / "docs" / "hand_drawn"),
+    str(Path(__file__).resolve().parent.parent / "docs" / "selforg_mnist" / "hand_drawn"),
     "Folder of 28x28 PNGs named <label>.png or <label>_<anything>.png ('' to skip).",
 )
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")

@@ -21,7 +21,8 @@ from absl import flags
 
 from configs.common import OPTIONS
 from experiments import cli
-from nca import checkpoint, data, evaluate, train
+from nca import checkpoint, data
+from nca.selforg_mnist import evaluate, train
 from nca.config import load_config
 
 _CONFIGS = flags.DEFINE_string("configs", None, "Config names, e.g. ce,l2,l2_noise:no_pool.")

@@ -45,7 +45,7 @@ from nca.config import ConfigError
 # config.model.kind -> the module whose `train_and_evaluate(config, workdir, *, max_iterations,
 # progress)` trains it.
 SYSTEMS = {
-    "selforg_mnist": "nca.train",
+    "selforg_mnist": "nca.selforg_mnist.train",
     "metanca": "nca.metanca.train",
     "hybrid": "nca.hybrid.train",
 }

@@ -18,10 +18,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from nca import checkpoint, train, workdir
+from nca import checkpoint, workdir
+from nca.selforg_mnist import train
 from tests.conftest import REPO_ROOT
 from tests.test_cli import interrupt_run, run, train_cmd, wait_for_checkpoint
-from tests.test_train import tiny_config
+from tests.selforg_mnist.test_train import tiny_config
 
 pytestmark = pytest.mark.slow
 EVERY_2 = ("--config.checkpoint_every=2",)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from nca import fast, losses, model
+from nca.selforg_mnist import fast, losses, model
 
 VARIANTS = ("restart", "persist", "none")  # "none": only the first `num_steps` steps
 CURVES = ("accuracy", "agreement", "state_magnitude", "update_magnitude")

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from nca import data, evaluate, model, reference
+from nca import data
+from nca.selforg_mnist import evaluate, model, reference
 from tests.conftest import SHARED_MNIST, SHARED_MODEL, requires_shared
 
 

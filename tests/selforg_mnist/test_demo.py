@@ -42,7 +42,8 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-from nca import data, demo, model, pretrained  # noqa: E402
+from nca import data
+from nca.selforg_mnist import demo, model, pretrained  # noqa: E402
 
 MODEL = "distill_l2_noise"
 SURE_DIGITS = (0, 3, 8, 21, 30)  # MNIST test digits the model classifies with full agreement
@@ -305,7 +306,7 @@ def test_majority_labels_match_jax(page, shipped):
     JAX rollouts of 100 steps each, every alive cell of every one of them voted for the true
     label (7, 0, 5, 6, 3); digits like test digit 1 (a 2, voted 0 in 60 % of rollouts) would
     make this test flaky."""
-    from nca import fast
+    from nca.selforg_mnist import fast
 
     driver, h, w = page
     config, params = shipped

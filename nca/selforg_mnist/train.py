@@ -22,7 +22,8 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nca import checkpoint, data, fast, loop, losses, model, pretrained
+from nca import checkpoint, data, loop
+from nca.selforg_mnist import fast, losses, model, pretrained
 from nca.config import ConfigError
 from nca.loop import TrainingError, make_mesh  # noqa: F401 - re-exported
 

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from nca import model, robustness
+from nca.selforg_mnist import model, robustness
 from tests.test_cli import run
-from tests.test_experiments import module
+from tests.selforg_mnist.test_experiments import module
 
 
 def square(size=28, side=8, value=1.0):

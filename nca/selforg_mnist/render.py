@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca import fast, model
+from nca.selforg_mnist import fast, model
 
 # The article's palette for labels 0-9; dead cells are white.
 ARTICLE_PALETTE = np.array(

@@ -1,6 +1,6 @@
 """Trained models shipped with the package, loadable by name without training or data.
 
-    from nca import pretrained
+    from nca.selforg_mnist import pretrained
     config, params = pretrained.load("distill_l2_noise")
 
 Each model is `<name>.npz` (params, float32) and `<name>.json` (the config it was trained with,
@@ -24,7 +24,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from nca import model
+from nca.selforg_mnist import model
 
 FOLDER = Path(__file__).resolve().parent
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca import model
+from nca.selforg_mnist import model
 
 KEY = jax.random.PRNGKey(0)
 

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from nca import checkpoint, evaluate, model, reference
+from nca import checkpoint
+from nca.selforg_mnist import evaluate, model, reference
 from tests.conftest import SHARED_MODEL
 from tests.test_cli import run
 
@@ -227,7 +228,7 @@ def test_evaluate_compares_earlier_results_without_rerunning(evaluated_workdir, 
 
 
 def test_export_ships_a_workdir_by_name(evaluated_workdir, tmp_path, monkeypatch):
-    from nca import pretrained
+    from nca.selforg_mnist import pretrained
 
     workdir = evaluated_workdir
     export = module("export", f"--workdir={workdir}", "--name=mine", f"--folder={tmp_path / 'm'}",

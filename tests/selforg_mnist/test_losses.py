@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca import losses
+from nca.selforg_mnist import losses
 
 
 def make_state(grey, class_values):
@@ -67,7 +67,7 @@ def test_evaluation_metrics_on_hand_built_digits():
     """An all-agreeing digit, a split digit, one with an all-negative cell, dead cells."""
     import jax
 
-    from nca import evaluate
+    from nca.selforg_mnist import evaluate
 
     values = np.zeros((3, 1, 4, 10))
     values[0, 0, :3, 2] = 1.0  # digit 0 (label 2): 3 alive cells agree on 2; cell 3 is dead

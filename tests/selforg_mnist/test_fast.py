@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca import fast, losses, model
-from tests.test_model import random_digits, random_params
+from nca.selforg_mnist import fast, losses, model
+from tests.selforg_mnist.test_model import random_digits, random_params
 
 KEY = jax.random.PRNGKey(3)
 EXACT = {

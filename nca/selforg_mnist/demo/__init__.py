@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nca import model
+from nca.selforg_mnist import model
 
 FOLDER = Path(__file__).resolve().parent
 STATIC_FILES = {

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca import fast, losses, model
+from nca.selforg_mnist import fast, losses, model
 
 
 def place(images: np.ndarray, canvas: int) -> np.ndarray:

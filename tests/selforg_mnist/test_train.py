@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca import checkpoint, loop, model, pretrained, train
+from nca import checkpoint, loop
+from nca.selforg_mnist import model, pretrained, train
 from nca.config import ConfigError, load_config
 from tests.conftest import REPO_ROOT
 
@@ -128,7 +129,7 @@ def test_four_devices_compute_the_same_loss_as_one(mnist_dir):
         import jax
         jax.config.update("jax_num_cpu_devices", 4)
         import numpy as np
-        from nca import train
+        from nca.selforg_mnist import train
         from nca.config import load_config
         config = load_config("l2_noise:smoke")
         config.data.mnist_dir = {str(mnist_dir)!r}

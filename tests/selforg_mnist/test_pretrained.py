@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from nca import model, pretrained, reference
+from nca.selforg_mnist import model, pretrained, reference
 from nca.config import load_config
 from tests.conftest import SHARED_MODEL
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nca import model
+from nca.selforg_mnist import model
 
 
 def cell_targets(state: jax.Array, labels: jax.Array) -> jax.Array:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nca import model
+from nca.selforg_mnist import model
 
 MODEL_FILE = "distill_selforg_mnist_l2_noise.model.json"
 ENV_VAR = "NCA_REFERENCE_DIR"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # (our layer, TF.js node name prefix, kernel shape)
 _LAYERS = (

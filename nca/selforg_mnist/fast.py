@@ -29,7 +29,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from nca import model
+from nca.selforg_mnist import model
 
 IMPLS = ("auto", "conv", "im2col", "alive")
 DEFAULT_CAPACITY_FRACTION = 0.22  # MNIST: 17.4 % of cells alive on average, 44 % at most
