@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from nca import data
-from nca.selforg_mnist import evaluate, fast, model, train
+from nca import data, loop
 from nca.config import load_config
+from nca.selforg_mnist import evaluate, fast, model, train
 
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Folder for the JSON and Markdown.")
 _EVAL = flags.DEFINE_bool("eval_protocol", False, "Also time 10k digits x 400 steps.")
@@ -55,11 +55,15 @@ def matmul_gflops(n=2048, repeats=10):
 def train_rate(impl, images, labels, repeats):
     config = load_config("l2_noise")
     config.model.impl = impl
-    mesh = train.make_mesh(1)
-    state = train.init_train_state(config, images, labels)
-    shardings = train.state_shardings(state, mesh)
-    state = jax.device_put(state, shardings)
-    step = train.jit_train_step(config, mesh, shardings)
+    mesh = loop.make_mesh(1)
+    trainer = loop.Trainer(
+        init_state=train.init_train_state(config, images, labels),
+        train_step=train.make_train_step(config, mesh),
+        train_data={"images": images, "labels": labels},
+        batch_size=train.num_fresh_digits(config),
+        sharded_fields=("pool_states", "pool_labels"),
+    )
+    state, step = loop.compile_trainer(trainer, mesh)
     batches = [train.sample_fresh_digits(config, images, labels, t) for t in range(repeats + 1)]
     calls = iter(range(repeats + 1))
 

@@ -15,8 +15,8 @@ from absl import flags
 
 from experiments import cli
 from nca import checkpoint
-from nca.selforg_mnist import reference
 from nca.config import load_config
+from nca.selforg_mnist import reference
 
 _OUT = flags.DEFINE_string("out", None, "Workdir to create.")
 _MODEL = flags.DEFINE_string("model_file", None, "The model JSON (default: ../shared/reference).")

@@ -21,9 +21,9 @@ from absl import flags
 
 from configs.common import OPTIONS
 from experiments import cli
-from nca import checkpoint, data
-from nca.selforg_mnist import evaluate, train
+from nca import checkpoint, data, loop
 from nca.config import load_config
+from nca.selforg_mnist import evaluate
 
 _CONFIGS = flags.DEFINE_string("configs", None, "Config names, e.g. ce,l2,l2_noise:no_pool.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
@@ -83,7 +83,7 @@ def main(argv):
         )
         print(f"{spec} seed {config.seed}: {'finished, skipping training' if done else 'training'}")
         if not done:
-            train.train_and_evaluate(config, workdir)
+            loop.train_and_evaluate(config, workdir)
         _, params, step = checkpoint.load_params(workdir)
         curves = evaluate.evaluate_model(
             config,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +60,19 @@ def save_params(workdir: str | Path, params: Any, config: ml_collections.ConfigD
     write_config_json(workdir, config)
 
 
-# Config fields that may change when a run resumes (recorded in config_changes.jsonl); any other
-# difference to the checkpoint's config makes it another experiment, and resuming is refused.
-RESUMABLE_CHANGES = frozenset({
-    "name", "log_every", "checkpoint_every", "max_checkpoints_to_keep", "num_train_steps",
-    "data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness",
-    "init_from",  # only decides a fresh run's params; a resumed run has them from its checkpoint
-})  # fmt: skip
+# The bookkeeping fields every config has: they may change when a run resumes (recorded in
+# config_changes.jsonl). A system adds its own (`Trainer.resumable`); any other difference to the
+# checkpoint's config makes it another experiment, and resuming is refused.
+RESUMABLE_CHANGES = frozenset(
+    {"name", "log_every", "checkpoint_every", "max_checkpoints_to_keep", "num_train_steps"}
+)
 UNREADABLE_SUBDIR = "unreadable_checkpoints"
 
 
 def resumable(field: str, old: Any, new: Any, step: int) -> bool:
     """Whether changing `field` from `old` to `new` when resuming at `step` leaves the run the
-    same experiment: bookkeeping fields, and learning-rate boundaries that only move later than
-    `step` (the iterations done so far used the same rates either way)."""
-    if field in RESUMABLE_CHANGES:
-        return True
-    if field == "lr_boundaries" and isinstance(old, list) and isinstance(new, list):
-        return [b for b in old if b <= step] == [b for b in new if b <= step]
-    return False
+    same experiment, as far as the core knows: its bookkeeping fields."""
+    return field in RESUMABLE_CHANGES
 
 
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
@@ -99,7 +94,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def restore_latest(
-    workdir: str | Path, target: Any, config: ml_collections.ConfigDict, log=print
+    workdir: str | Path,
+    target: Any,
+    config: ml_collections.ConfigDict,
+    log=print,
+    resumable: Callable[[str, Any, Any, int], bool] = resumable,
 ) -> tuple[Any, int, dict] | None:
     """Restores the newest readable checkpoint of `workdir` into the structure, shapes and
     shardings of `target`. Returns `(state, step, resumable config changes)`, or None if there
@@ -108,8 +107,8 @@ def restore_latest(
     Checkpoints that cannot be read are skipped for the next newest one, and then moved (never
     deleted) to `workdir/unreadable_checkpoints/`; if none is readable, nothing is moved and
     `CheckpointError` says why (training never silently starts over). A checkpoint whose config
-    differs from `config` in a way `resumable` refuses raises `CheckpointError` listing the
-    differences.
+    differs from `config` in a way `resumable(field, old, new, step)` refuses raises
+    `CheckpointError` listing the differences.
     """
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
@@ -188,7 +187,7 @@ def load_params(workdir: str | Path, step: int | None = None, log=print):
     """Rebuilds a trained model from its workdir alone: returns `(config, params, step)`.
 
     `step=None` takes the newest readable checkpoint (saying which newer ones are unreadable).
-    Params come back as numpy arrays in the layout of `nca.model.init_params`.
+    Params come back as numpy arrays, in the layout of the system's model.
     """
     mngr, newest = _open(workdir, step)
     candidates = [newest] if step is not None else sorted(mngr.all_steps(), reverse=True)

@@ -123,3 +123,14 @@ def load_mnist(split: str, mnist_dir: str | None = None) -> tuple[np.ndarray, np
 def to_grey(images: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 grey in [0, 1]."""
     return images.astype(np.float32) / 255.0
+
+
+def load_training_digits(
+    mnist_dir: str | None = None, max_images: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The MNIST training split (its first `max_images` if set): `(N, 28, 28)` float32 grey in
+    [0, 1] and `(N,)` int32 labels."""
+    images, labels = load_mnist("train", mnist_dir or None)
+    if max_images:
+        images, labels = images[:max_images], labels[:max_images]
+    return to_grey(images), labels

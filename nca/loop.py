@@ -1,12 +1,16 @@
-"""The training loop every system shares: resume, checkpoints, metrics, progress, signals.
+"""The training loop every system shares: jit, shardings, data, resume, checkpoints, metrics.
 
-A system (the self-classifying CA in `nca/train.py`, MetaNCA, the hybrid restorer) supplies a
-`Trainer`: its initial state, a jitted `train_step(state, batch, key) -> (state, metrics)` and a
-host function giving iteration `t`'s batch. `train` does the rest the same way for all of them:
+A system is a subpackage `nca.<kind>` (`config.model.kind`; a kind with a dot names a package
+outside `nca`) whose `train` module has `make_trainer(config, mesh) -> Trainer`: the fresh train
+state, a pure `train_step(state, batch, key) -> (state, metrics)`, the training set and which
+config fields may change on resume. The core keeps no list of systems: adding one adds a folder.
+`train` does the rest the same way for all of them:
 
+- jits the step once with shardings (params replicated; the fields and batch a system names
+  sharded along the 1-D `("data",)` mesh), donating the old state;
+- iteration `t` uses `fold_in(state.rng, t)` and the batch `sample_batch` draws with a generator
+  seeded by `(config.seed, t)`, so a resumed run computes exactly what an uninterrupted one would;
 - resumes from the newest readable checkpoint of `workdir` (see `nca.checkpoint.restore_latest`);
-- iteration `t` uses `fold_in(state.rng, t)` and `next_batch(t)`, so a resumed run computes
-  exactly what an uninterrupted one would;
 - writes `metrics.jsonl` every `log_every` iterations (rows after the resumed checkpoint are
   trimmed first), checkpoints every `checkpoint_every`, at the end and on SIGINT / SIGTERM;
 - stops with `TrainingError` on a non-finite metric or a failed save, naming the intact checkpoint;
@@ -16,8 +20,6 @@ Multi-process (several hosts, after `jax.distributed.initialize()`): every proce
 loop on the global mesh and takes part in Orbax saves; process 0 alone holds the lock and writes
 `metrics.jsonl`, `config.json` and `config_changes.jsonl`. The workdir must then be on storage
 every host sees.
-
-`train_and_evaluate(config, workdir)` picks the system from `config.model.kind`.
 """
 
 from __future__ import annotations
@@ -27,56 +29,173 @@ import dataclasses
 import importlib
 import json
 import os
+import pkgutil
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import flax.struct
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from nca import checkpoint
 from nca import workdir as workdir_lib
 from nca.config import ConfigError
 
-# config.model.kind -> the module whose `train_and_evaluate(config, workdir, *, max_iterations,
-# progress)` trains it.
-SYSTEMS = {
-    "selforg_mnist": "nca.selforg_mnist.train",
-    "metanca": "nca.metanca.train",
-    "hybrid": "nca.hybrid.train",
-}
-
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, failed save); the message says why."""
 
 
+@flax.struct.dataclass
+class TrainState:
+    """The fields every system's train state has; a system subclasses it to add its own (pools,
+    running averages), which a checkpoint then holds beside these, under their names."""
+
+    step: jax.Array  # () int32: iterations done
+    params: Any
+    opt_state: optax.OptState
+    rng: jax.Array  # (2,) uint32: base key; iteration t uses fold_in(rng, t)
+
+    @classmethod
+    def create(cls, params, optimizer: optax.GradientTransformation, rng: jax.Array, **fields):
+        """Step 0, the optimiser's initial state for `params`, and the subclass's `fields`."""
+        return cls(step=jnp.zeros((), jnp.int32), params=params,
+                   opt_state=optimizer.init(params), rng=rng, **fields)  # fmt: skip
+
+    def apply_gradients(self, grads, optimizer: optax.GradientTransformation):
+        """One optimiser step on `params`; `step` + 1."""
+        updates, opt_state = optimizer.update(grads, self.opt_state, self.params)
+        return self.replace(step=self.step + 1, opt_state=opt_state,
+                            params=optax.apply_updates(self.params, updates))  # fmt: skip
+
+
+def gradient_step(
+    state: TrainState,
+    objective: Callable,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule | None = None,
+):
+    """The optimiser step every system takes: the gradient of `objective(params) -> (loss, aux)`
+    and one `optimizer` step (`state.apply_gradients`). Returns `(new state, aux, metrics)`,
+    metrics: `train/loss`, `train/grad_norm` (global, before any clipping or normalisation) and,
+    given the learning-rate `schedule`, `train/lr` (the rate this step used)."""
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads)}
+    if schedule is not None:
+        metrics["train/lr"] = schedule(state.step)
+    return state.apply_gradients(grads, optimizer), aux, metrics
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-    """What `train` needs from a system.
+    """What a system's `make_trainer(config, mesh)` gives the loop.
 
-    init_state: the fresh train state (a pytree with `rng`, placed on devices), also the target
-        structure a checkpoint is restored into.
-    train_step: jitted `(state, batch, key) -> (state, metrics)`; metrics: scalars named
-        `train/...` (`train/loss` is shown on the progress bar).
-    next_batch: `step -> batch`, deterministic in `step` (host arrays).
+    init_state: the fresh `TrainState` (on the host or one device), also the structure a
+        checkpoint is restored into.
+    train_step: pure `(state, batch, key) -> (state, metrics)`; the loop jits it. metrics:
+        scalars named `train/...` (`train/loss` is shown on the progress bar).
+    train_data: the training set, a dict of arrays with one row per example.
+    batch_size: rows drawn per iteration (see `sample_batch`); 0: the whole set every iteration.
+    sharded_fields: `TrainState` fields (pools) sharded along `data` by their leading axis, where
+        it divides over the devices; everything else is replicated.
+    shard_batch: shard the batch along `data` too (where `batch_size` divides).
+    resumable: `(field, old, new, step) -> bool`: whether a config field may change when a run
+        resumes at `step` (default: the core's bookkeeping fields only).
     """
 
-    init_state: Any
+    init_state: TrainState
     train_step: Callable
-    next_batch: Callable[[int], Any]
+    train_data: dict[str, np.ndarray]
+    batch_size: int
+    sharded_fields: tuple[str, ...] = ()
+    shard_batch: bool = False
+    resumable: Callable[[str, Any, Any, int], bool] = checkpoint.resumable
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, **kwargs):
-    """Trains the system named by `config.model.kind` (see `SYSTEMS`)."""
-    kind = config.model.kind
-    if kind not in SYSTEMS:
-        raise ConfigError(f"unknown model.kind {kind!r}; choose one of {', '.join(SYSTEMS)}.")
-    return importlib.import_module(SYSTEMS[kind]).train_and_evaluate(config, workdir, **kwargs)
+def sample_batch(train_data: dict[str, np.ndarray], batch_size: int, seed: int, step: int):
+    """Iteration `step`'s batch: `batch_size` rows drawn with replacement by a generator seeded
+    by `(seed, step)`, so a resumed run draws exactly what an uninterrupted one would; the whole
+    set when `batch_size` is 0."""
+    if not batch_size:
+        return train_data
+    n = len(next(iter(train_data.values())))
+    idx = np.random.default_rng([seed, step]).integers(0, n, size=batch_size)
+    return {k: v[idx] for k, v in train_data.items()}
+
+
+def compile_trainer(trainer: Trainer, mesh: jax.sharding.Mesh) -> tuple[TrainState, Callable]:
+    """The initial state placed on `mesh` and the train step jitted with its shardings."""
+    replicated = NamedSharding(mesh, P())
+    data_sharded = NamedSharding(mesh, P("data"))
+
+    def along_data(x):
+        return data_sharded if np.shape(x)[0] % mesh.size == 0 else replicated
+
+    state = trainer.init_state
+    shardings = jax.tree.map(lambda _: replicated, state)
+    shardings = shardings.replace(**{
+        f: jax.tree.map(along_data, getattr(state, f)) for f in trainer.sharded_fields
+    })  # fmt: skip
+    batch_sharding = (
+        data_sharded
+        if trainer.shard_batch and trainer.batch_size and trainer.batch_size % mesh.size == 0
+        else replicated
+    )
+    step = jax.jit(
+        trainer.train_step,
+        in_shardings=(shardings, batch_sharding, replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+    )
+    return jax.device_put(state, shardings), step
+
+
+def system_module(kind: str, name: str = "train"):
+    """`nca.<kind>.<name>` (or `<kind>.<name>` for a dotted kind): a system's module, found by
+    convention."""
+    package = kind if "." in kind else f"{__package__}.{kind}"
+    try:
+        return importlib.import_module(f"{package}.{name}")
+    except ModuleNotFoundError as e:
+        if not (e.name and f"{package}.{name}".startswith(e.name)):
+            raise  # the system exists but imports something missing
+        raise ConfigError(
+            f"unknown model.kind {kind!r}: no module {package}.{name}. Systems here: "
+            f"{', '.join(available_systems())}."
+        ) from None
+
+
+def available_systems() -> list[str]:
+    """The kinds of the systems inside `nca`: its subpackages that have a `train` module."""
+    import nca
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(nca.__path__)
+        if m.ispkg and (Path(m.module_finder.path) / m.name / "train.py").is_file()
+    )  # fmt: skip
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    max_iterations: int | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Trains the system named by `config.model.kind` (`nca.<kind>.train.make_trainer`) to
+    `config.num_train_steps`, resuming from the newest readable checkpoint. Returns the final
+    train state."""
+    make_trainer = system_module(config.model.kind).make_trainer
+    return train(config, workdir, make_trainer, max_iterations=max_iterations, progress=progress)
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -92,21 +211,24 @@ def train(
     *,
     max_iterations: int | None = None,
     progress: bool = True,
-):
-    """Trains to `config.num_train_steps`, resuming from the newest readable checkpoint.
+) -> TrainState:
+    """Trains `make_trainer(config, mesh)`'s system to `config.num_train_steps`, resuming from
+    the newest readable checkpoint.
 
-    `max_iterations` stops this call early (after that many iterations), as a preemption would.
-    Config fields used: num_train_steps, log_every, checkpoint_every, max_checkpoints_to_keep,
-    name. Returns the final train state.
+    The trainer is built before anything is written, so a config it rejects (`ConfigError`) or
+    missing data leaves no workdir behind. `max_iterations` stops this call early (after that
+    many iterations), as a preemption would. Config fields used: seed, num_train_steps,
+    log_every, checkpoint_every, max_checkpoints_to_keep, name. Returns the final train state.
     """
     workdir = Path(workdir)
+    mesh = make_mesh()
+    trainer = make_trainer(config, mesh)
     primary = jax.process_index() == 0
     if primary:
         workdir_lib.prepare(workdir)
     lock = workdir_lib.lock(workdir, log=tqdm.write) if primary else contextlib.nullcontext()
     with lock:
-        return _train(config, workdir, make_trainer(config, make_mesh()), max_iterations,
-                      progress and primary)  # fmt: skip
+        return _train(config, workdir, trainer, mesh, max_iterations, progress and primary)
 
 
 class _StopRequest:
@@ -132,14 +254,17 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _train(config, workdir: Path, trainer: Trainer, max_iterations: int | None, progress: bool):
+def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | None,
+           progress: bool):  # fmt: skip
     primary = jax.process_index() == 0
-    state = trainer.init_state
+    state, train_step = compile_trainer(trainer, mesh)
     # First, on every process: creating the manager makes the checkpoint folder (and syncs the
     # processes), so all of them then see the same checkpoints.
     mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
     start, last_saved = 0, None
-    restored = checkpoint.restore_latest(workdir, state, config, log=tqdm.write)
+    restored = checkpoint.restore_latest(
+        workdir, state, config, log=tqdm.write, resumable=trainer.resumable
+    )
     mngr.reload()  # unreadable checkpoints may have been moved away
     if restored is not None:
         state, start, changes = restored
@@ -176,9 +301,9 @@ def _train(config, workdir: Path, trainer: Trainer, max_iterations: int | None, 
         metrics_file = workdir / workdir_lib.METRICS_FILE if primary else os.devnull
         with _StopRequest() as stop, open(metrics_file, "a") as log:
             for step in range(start, end):
-                batch = trainer.next_batch(step)
+                batch = sample_batch(trainer.train_data, trainer.batch_size, config.seed, step)
                 key = jax.random.fold_in(state.rng, step)
-                state, metrics = trainer.train_step(state, batch, key)
+                state, metrics = train_step(state, batch, key)
                 bar.update()
                 done = step + 1
                 if done % config.log_every == 0 or done == end:

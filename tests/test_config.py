@@ -3,7 +3,7 @@
 import pytest
 
 from nca.config import ConfigError, available_configs, load_config
-from nca.loop import SYSTEMS
+from nca.loop import available_systems
 
 
 def test_every_config_and_option_loads():
@@ -12,7 +12,7 @@ def test_every_config_and_option_loads():
         for arg in ("", ":smoke"):
             config = load_config(name + arg)
             assert config.name == name + arg
-            assert config.model.kind in SYSTEMS
+            assert config.model.kind in available_systems()
     for name in ("ce", "l2", "l2_noise"):
         for arg in (":short", ":no_pool,smoke", ":no_mutation"):
             config = load_config(name + arg)

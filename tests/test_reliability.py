@@ -18,11 +18,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from nca import checkpoint, workdir
-from nca.selforg_mnist import train
+from nca import checkpoint, loop, workdir
 from tests.conftest import REPO_ROOT
-from tests.test_cli import interrupt_run, run, train_cmd, wait_for_checkpoint
 from tests.selforg_mnist.test_train import tiny_config
+from tests.test_cli import interrupt_run, run, train_cmd, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 EVERY_2 = ("--config.checkpoint_every=2",)
@@ -134,7 +133,7 @@ def test_unreadable_latest_checkpoint_falls_back_without_deleting(
 
 def test_loader_says_which_checkpoint_is_unreadable(tmp_path, mnist_dir):
     config = tiny_config(mnist_dir, num_train_steps=4, checkpoint_every=2)
-    train.train_and_evaluate(config, tmp_path, progress=False)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
     remove_files(tmp_path / "checkpoints" / "4")
     messages = []
     _, _, step = checkpoint.load_params(tmp_path, log=messages.append)
@@ -166,10 +165,10 @@ def test_a_stale_lock_is_taken_over(tmp_path, mnist_dir):
 
 def test_harmless_config_changes_are_allowed_and_recorded(tmp_path, mnist_dir):
     config = tiny_config(mnist_dir, num_train_steps=4, checkpoint_every=2)
-    train.train_and_evaluate(config, tmp_path, progress=False)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
     config.log_every = 1
     config.num_train_steps = 6
-    train.train_and_evaluate(config, tmp_path, progress=False)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "config_changes.jsonl")]
     assert rows[0]["step"] == 4
     assert rows[0]["changes"] == {"log_every": [2, 1], "num_train_steps": [4, 6]}
@@ -188,11 +187,11 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, mnist_di
     monkeypatch.setattr(ocp.CheckpointManager, "save", save_until_disk_is_full)
     config = tiny_config(mnist_dir, num_train_steps=8, checkpoint_every=4)
     with pytest.raises(
-        train.TrainingError,
+        loop.TrainingError,
         match=r"could not save checkpoint 8 .*No space left "
         r"on device.*checkpoint 4 is intact",
     ):
-        train.train_and_evaluate(config, tmp_path, progress=False)
+        loop.train_and_evaluate(config, tmp_path, progress=False)
     _, params, step = checkpoint.load_params(tmp_path)
     assert step == 4 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
     assert not (tmp_path / workdir.LOCK_FILE).exists()
@@ -200,13 +199,13 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, mnist_di
 
 def test_no_readable_checkpoint_refuses_to_start_over_and_moves_nothing(tmp_path, mnist_dir):
     config = tiny_config(mnist_dir, num_train_steps=2, checkpoint_every=2)
-    train.train_and_evaluate(config, tmp_path, progress=False)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
     remove_files(tmp_path / "checkpoints" / "2")
     config.num_train_steps = 4
     with pytest.raises(
         checkpoint.CheckpointError, match="no readable checkpoint.*Nothing was moved"
     ):
-        train.train_and_evaluate(config, tmp_path, progress=False)
+        loop.train_and_evaluate(config, tmp_path, progress=False)
     assert (tmp_path / "checkpoints" / "2").is_dir()
     assert not (tmp_path / checkpoint.UNREADABLE_SUBDIR).exists()
 

@@ -6,13 +6,11 @@ pixels, both from `fold_in(rng, step)`; the model restores the digit from `[x * 
 (gate dropout and state noise on); MSE against the clean digit over all pixels; global-norm
 clipping; Adam with warm-up and cosine decay. The classifier: cross-entropy on clean digits.
 
-The loop (resume, checkpoints, metrics, signals) is `nca.loop`; this module supplies
-`make_trainer`.
+The core loop (`nca.loop`: jit, shardings, batches, resume, checkpoints, metrics) runs what
+`make_trainer` supplies.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import flax.struct
 import jax
@@ -23,17 +21,20 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nca import data, loop
+from nca import checkpoint, data, loop
 from nca.config import ConfigError
 from nca.hybrid import masking, models
 
+RESUMABLE_CHANGES = frozenset({"data.mnist_dir"})  # besides the core's bookkeeping fields
+
+
+def resumable(field: str, old, new, step: int) -> bool:
+    return checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES
+
 
 @flax.struct.dataclass
-class TrainState:
-    step: jax.Array  # () int32: iterations done
-    params: models.Params
-    opt_state: optax.OptState
-    rng: jax.Array  # (2,) uint32: iteration t uses fold_in(rng, t)
+class TrainState(loop.TrainState):
+    """The core's fields only: step, params, opt_state, rng."""
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -70,12 +71,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
     rng, k_params = jax.random.split(jax.random.PRNGKey(config.seed))
     params = models.init_params(k_params, config.model)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=make_optimizer(config).init(params),
-        rng=rng,
-    )
+    return TrainState.create(params, make_optimizer(config), rng)
 
 
 def corrupt(
@@ -128,69 +124,27 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
                 loss = ((out - images) ** 2).mean()
                 return loss, {"train/psnr": per_image_psnr(out, images).mean()}
 
-        (loss, extra), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            opt_state=opt_state,
-        )
-        metrics = {
-            "train/loss": loss,
-            "train/grad_norm": optax.tree.norm(grads),
-            "train/lr": schedule(state.step),
-            **extra,
-        }
-        return new_state, metrics
+        new_state, extra, metrics = loop.gradient_step(state, objective, optimizer, schedule)
+        return new_state, {**metrics, **extra}
 
     return train_step
 
 
-def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = data.load_mnist("train", config.data.mnist_dir or None)
-    if config.data.max_train_images:
-        n = config.data.max_train_images
-        images, labels = images[:n], labels[:n]
-    return data.to_grey(images), labels
-
-
 def sample_batch(config, images: np.ndarray, labels: np.ndarray, step: int) -> dict:
-    """Iteration `step`'s digits, from a generator seeded by `(seed, step)` (exact resumes)."""
-    idx = np.random.default_rng([config.seed, step]).integers(0, images.shape[0], config.batch_size)
-    return {"images": images[idx], "labels": labels[idx]}
+    """Iteration `step`'s digits, as the loop draws them (`loop.sample_batch`)."""
+    return loop.sample_batch({"images": images, "labels": labels}, config.batch_size, config.seed,
+                             step)  # fmt: skip
 
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> loop.Trainer:
-    """Any arch of the hybrid family, as `nca.loop.train` runs it: params replicated, the batch
-    sharded along `data`."""
-    images, labels = load_training_data(config)
-    state = init_train_state(config)
-    replicated = NamedSharding(mesh, P())
-    shardings = jax.tree.map(lambda _: replicated, state)
-    batch_sharding = (
-        NamedSharding(mesh, P("data")) if config.batch_size % mesh.size == 0 else replicated
-    )
-    step = jax.jit(
-        make_train_step(config, mesh),
-        in_shardings=(shardings, batch_sharding, replicated),
-        out_shardings=(shardings, replicated),
-        donate_argnums=0,
-    )
-    return loop.Trainer(
-        init_state=jax.device_put(state, shardings),
-        train_step=step,
-        next_batch=lambda t: sample_batch(config, images, labels, t),
-    )
-
-
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path,
-    *,
-    max_iterations: int | None = None,
-    progress: bool = True,
-) -> TrainState:
-    """Trains to `config.num_train_steps`, resuming from the newest readable checkpoint."""
+    """Any arch of the hybrid family: params replicated, the batch sharded along `data`."""
     validate_config(config)
-    return loop.train(config, workdir, make_trainer, max_iterations=max_iterations,
-                      progress=progress)  # fmt: skip
+    images, labels = data.load_training_digits(config.data.mnist_dir, config.data.max_train_images)
+    return loop.Trainer(
+        init_state=init_train_state(config),
+        train_step=make_train_step(config, mesh),
+        train_data={"images": images, "labels": labels},
+        batch_size=config.batch_size,
+        shard_batch=True,
+        resumable=resumable,
+    )

@@ -42,10 +42,8 @@ def load_mnist_resplit(
     images flattened to `(N, 784)`, grey in [0, 1] standardised with the training split's
     global mean and std (zero-mean inputs: a weight change then moves logits by the pattern,
     not by the amount of ink)."""
-    images, labels = mnist_data.load_mnist("train", mnist_dir or None)
-    if max_images:
-        images, labels = images[:max_images], labels[:max_images]
-    x = mnist_data.to_grey(images).reshape(len(images), -1)
+    images, labels = mnist_data.load_training_digits(mnist_dir, max_images)
+    x = images.reshape(len(images), -1)
     train, test = split_indices(len(x), train_fraction, split_seed)
     x = (x - x[train].mean()) / x[train].std()
     return {

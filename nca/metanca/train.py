@@ -21,29 +21,28 @@ loss (an EMA of the accepted iterations) keeps the old rule, optimiser state and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from nca import loop
+from nca import checkpoint, loop
 from nca.config import ConfigError
 from nca.metanca import data as metanca_data
 from nca.metanca import model
 
+RESUMABLE_CHANGES = frozenset({"data.mnist_dir"})  # besides the core's bookkeeping fields
+
+
+def resumable(field: str, old, new, step: int) -> bool:
+    return checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES
+
 
 @flax.struct.dataclass
-class TrainState:
-    step: jax.Array  # () int32: iterations done
-    params: model.RuleParams
-    opt_state: optax.OptState
-    rng: jax.Array  # (2,) uint32: iteration t uses fold_in(rng, t)
+class TrainState(loop.TrainState):
+    """params: the rule (`model.RuleParams`)."""
+
     pools: tuple  # per training architecture: a NetState with a leading (pool_size,) axis
     loss_avg: jax.Array  # () float32: running average of accepted losses (spike discard)
 
@@ -106,13 +105,8 @@ def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
         init_nets(config, arch, jax.random.split(k, config.pool_size))
         for arch, k in zip(archs(config.train_archs), pool_keys, strict=True)
     )
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=make_optimizer(config).init(params),
-        rng=rng,
-        pools=pools,
-        loss_avg=jnp.zeros((), jnp.float32),
+    return TrainState.create(
+        params, make_optimizer(config), rng, pools=pools, loss_avg=jnp.zeros((), jnp.float32)
     )
 
 
@@ -195,9 +189,8 @@ def make_train_step(config: ml_collections.ConfigDict):
             loss = jnp.mean(jnp.stack([p[0] for p in per_arch]))
             return loss, per_arch
 
-        (loss, per_arch), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
+        stepped, per_arch, metrics = loop.gradient_step(state, objective, optimizer)
+        loss = metrics["train/loss"]
         spike = (state.step > 0) & (loss > config.spike_factor * state.loss_avg)
         keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(spike, a, b), old, new)  # noqa: E731
         pools = state.pools
@@ -214,18 +207,16 @@ def make_train_step(config: ml_collections.ConfigDict):
         )
         new_state = state.replace(
             step=state.step + 1,
-            params=keep(state.params, new_params),
-            opt_state=keep(state.opt_state, opt_state),
+            params=keep(state.params, stepped.params),
+            opt_state=keep(state.opt_state, stepped.opt_state),
             pools=pools,
             loss_avg=loss_avg,
         )
-        metrics = {
-            "train/loss": loss,
+        metrics.update({
             "train/accuracy": jnp.mean(jnp.stack([p[2] for p in per_arch])),
             "train/rule_steps": n_active,
             "train/discarded": spike.astype(jnp.float32),
-            "train/grad_norm": optax.tree.norm(grads),
-        }
+        })  # fmt: skip
         for arch, p in zip(arch_list, per_arch, strict=True):
             metrics[f"train/loss_{arch_name(arch)}"] = p[0]
         return new_state, metrics
@@ -233,51 +224,17 @@ def make_train_step(config: ml_collections.ConfigDict):
     return train_step
 
 
-def batch_sampler(config: ml_collections.ConfigDict, x: np.ndarray, y: np.ndarray):
-    """`step -> {"x", "y"}`: `batch_size` training examples drawn with a generator seeded by
-    `(seed, step)` (the whole training split when `batch_size` is 0 or larger)."""
-    if not config.batch_size or config.batch_size >= len(x):
-        full = {"x": x, "y": y}
-        return lambda step: full
-
-    def next_batch(step: int):
-        idx = np.random.default_rng([config.seed, step]).integers(0, len(x), config.batch_size)
-        return {"x": x[idx], "y": y[idx]}
-
-    return next_batch
-
-
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> loop.Trainer:
-    """MetaNCA meta-training, as `nca.loop.train` runs it. Everything is replicated over the
-    mesh (the rule is tiny and the per-architecture pools are small); the batch too."""
+    """MetaNCA meta-training. Everything is replicated over the mesh (the rule is tiny and the
+    per-architecture pools are small); the batch too. `batch_size` 0 or at least the training
+    split: the whole split every iteration."""
     validate_config(config)
     task = metanca_data.load_task(config)
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(init_train_state(config), replicated)
-    shardings = jax.tree.map(lambda _: replicated, state)
-    step = jax.jit(
-        make_train_step(config),
-        in_shardings=(shardings, replicated, replicated),
-        out_shardings=(shardings, replicated),
-        donate_argnums=0,
-    )
+    n = len(task["train_x"])
     return loop.Trainer(
-        init_state=state,
-        train_step=step,
-        next_batch=batch_sampler(config, task["train_x"], task["train_y"]),
-    )
-
-
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path,
-    *,
-    max_iterations: int | None = None,
-    progress: bool = True,
-) -> TrainState:
-    """Meta-trains to `config.num_train_steps`, resuming from the newest readable checkpoint
-    (see `nca.loop.train`). Returns the final train state."""
-    validate_config(config)
-    return loop.train(
-        config, workdir, make_trainer, max_iterations=max_iterations, progress=progress
+        init_state=init_train_state(config),
+        train_step=make_train_step(config),
+        train_data={"x": task["train_x"], "y": task["train_y"]},
+        batch_size=config.batch_size if config.batch_size < n else 0,
+        resumable=resumable,
     )

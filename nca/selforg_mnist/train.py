@@ -6,12 +6,11 @@ with fresh training digits (zero state) and mutate the last quarter into new tra
 tensor, `g / (||g|| + 1e-8)`; one Adam step; write the states and labels back to the pool.
 
 Data-parallel over a 1-D `("data",)` mesh: params replicated, the pool and the batch sharded along
-`data`. The same code runs on one CPU, N simulated CPU devices and a TPU slice.
+`data`. The same code runs on one CPU, N simulated CPU devices and a TPU slice. `make_trainer`
+hands all this to the core loop (`nca.loop`), which jits, samples, checkpoints and resumes.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import flax.struct
 import jax
@@ -23,17 +22,28 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nca import checkpoint, data, loop
-from nca.selforg_mnist import fast, losses, model, pretrained
 from nca.config import ConfigError
-from nca.loop import TrainingError, make_mesh  # noqa: F401 - re-exported
+from nca.selforg_mnist import fast, losses, model, pretrained
+
+# Config fields besides the core's bookkeeping that may change on resume: where the data is, how
+# the CA is computed (the same function), and init_from (it only decides a fresh run's params).
+RESUMABLE_CHANGES = frozenset(
+    {"data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness", "init_from"}
+)
+
+
+def resumable(field: str, old, new, step: int) -> bool:
+    """The core's bookkeeping fields, `RESUMABLE_CHANGES`, and learning-rate boundaries that only
+    move later than `step` (the iterations done so far used the same rates either way)."""
+    if checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES:
+        return True
+    if field == "lr_boundaries" and isinstance(old, list) and isinstance(new, list):
+        return [b for b in old if b <= step] == [b for b in new if b <= step]
+    return False
 
 
 @flax.struct.dataclass
-class TrainState:
-    step: jax.Array  # () int32: iterations done
-    params: model.Params
-    opt_state: optax.OptState
-    rng: jax.Array  # (2,) uint32: base key; iteration t uses fold_in(rng, t)
+class TrainState(loop.TrainState):
     pool_states: jax.Array  # (pool_size, 28, 28, 20) float32
     pool_labels: jax.Array  # (pool_size,) int32
 
@@ -82,11 +92,10 @@ def init_train_state(
     rng, k_params, k_pool = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     params = initial_params(config, k_params)
     idx = jax.random.randint(k_pool, (config.pool_size,), 0, images.shape[0])
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=make_optimizer(config).init(params),
-        rng=rng,
+    return TrainState.create(
+        params,
+        make_optimizer(config),
+        rng,
         pool_states=model.seed_state(images[idx]),
         pool_labels=jnp.asarray(labels)[idx].astype(jnp.int32),
     )
@@ -120,11 +129,10 @@ def initial_params(config: ml_collections.ConfigDict, key: jax.Array) -> model.P
 def sample_fresh_digits(
     config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray, step: int
 ) -> dict[str, np.ndarray]:
-    """The new training digits of iteration `step`, drawn from a generator seeded by
-    `(seed, step)`, so a resumed run draws exactly what an uninterrupted one would."""
-    rng = np.random.default_rng([config.seed, step])
-    idx = rng.integers(0, images.shape[0], size=num_fresh_digits(config))
-    return {"images": images[idx], "labels": labels[idx]}
+    """The new training digits of iteration `step`, as the loop draws them (`loop.sample_batch`)."""
+    return loop.sample_batch(
+        {"images": images, "labels": labels}, num_fresh_digits(config), config.seed, step
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,90 +203,35 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
             x, _ = rollout(params, x0, k_rollout, config.num_ca_steps, m.fire_rate, m.noise_std)
             return loss_fn(x, labels), x
 
-        (loss, x), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            opt_state=opt_state,
-        )
+        new_state, x, metrics = loop.gradient_step(state, objective, optimizer, schedule)
         if idx is not None:
             new_state = new_state.replace(
                 pool_states=state.pool_states.at[idx].set(x),
                 pool_labels=state.pool_labels.at[idx].set(labels),
             )
-        metrics = {
-            "train/loss": loss,
-            "train/grad_norm": optax.tree.norm(grads),
-            "train/lr": schedule(state.step),
-        }
         return new_state, metrics
 
     return train_step
 
 
 # --------------------------------------------------------------------------------------------
-# Devices
-
-
-def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
-    """Params, optimiser state, rng and step replicated; the pool sharded along `data` when its
-    size divides evenly over the devices."""
-    replicated = NamedSharding(mesh, P())
-    pool = (
-        NamedSharding(mesh, P("data"))
-        if state.pool_labels.shape[0] % mesh.size == 0
-        else replicated
-    )
-    shardings = jax.tree.map(lambda _: replicated, state)
-    return shardings.replace(pool_states=pool, pool_labels=pool)
-
-
-def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shardings):
-    replicated = NamedSharding(mesh, P())
-    return jax.jit(
-        make_train_step(config, mesh),
-        in_shardings=(shardings, replicated, replicated),
-        out_shardings=(shardings, replicated),
-        donate_argnums=0,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The loop (shared with the other systems: nca/loop.py)
+# For the core loop (nca/loop.py)
 
 
 def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = data.load_mnist("train", config.data.mnist_dir or None)
-    if config.data.max_train_images:
-        images, labels = (
-            images[: config.data.max_train_images],
-            labels[: config.data.max_train_images],
-        )
-    return data.to_grey(images), labels
+    """The training digits, grey in [0, 1]: `(N, 28, 28)` images and `(N,)` labels."""
+    return data.load_training_digits(config.data.mnist_dir, config.data.max_train_images)
 
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> loop.Trainer:
-    """The self-classifying MNIST CA, as `nca.loop.train` runs it."""
-    images, labels = load_training_data(config)
-    state = init_train_state(config, images, labels)
-    shardings = state_shardings(state, mesh)
-    return loop.Trainer(
-        init_state=jax.device_put(state, shardings),
-        train_step=jit_train_step(config, mesh, shardings),
-        next_batch=lambda step: sample_fresh_digits(config, images, labels, step),
-    )
-
-
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path,
-    *,
-    max_iterations: int | None = None,
-    progress: bool = True,
-) -> TrainState:
-    """Trains to `config.num_train_steps`, resuming from the newest readable checkpoint (see
-    `nca.loop.train`). Returns the final train state."""
+    """The self-classifying MNIST CA: params replicated, the pool sharded along `data`."""
     validate_config(config)
-    return loop.train(config, workdir, make_trainer, max_iterations=max_iterations,
-                      progress=progress)  # fmt: skip
+    images, labels = load_training_data(config)
+    return loop.Trainer(
+        init_state=init_train_state(config, images, labels),
+        train_step=make_train_step(config, mesh),
+        train_data={"images": images, "labels": labels},
+        batch_size=num_fresh_digits(config),
+        sharded_fields=("pool_states", "pool_labels"),
+        resumable=resumable,
+    )

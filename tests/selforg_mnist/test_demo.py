@@ -42,7 +42,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-from nca import data
+from nca import data  # noqa: E402
 from nca.selforg_mnist import demo, model, pretrained  # noqa: E402
 
 MODEL = "distill_l2_noise"

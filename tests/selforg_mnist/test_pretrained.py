@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from nca.selforg_mnist import model, pretrained, reference
 from nca.config import load_config
+from nca.selforg_mnist import model, pretrained, reference
 from tests.conftest import SHARED_MODEL
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from nca.selforg_mnist import model, robustness
-from tests.test_cli import run
 from tests.selforg_mnist.test_experiments import module
+from tests.test_cli import run
 
 
 def square(size=28, side=8, value=1.0):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from nca import checkpoint, loop
-from nca.selforg_mnist import model, pretrained, train
 from nca.config import ConfigError, load_config
+from nca.selforg_mnist import model, pretrained, train
 from tests.conftest import REPO_ROOT
 
 
@@ -28,7 +28,7 @@ def tiny_config(mnist_dir, spec="l2_noise:smoke", **overrides):
 def setup(mnist_dir):
     config = tiny_config(mnist_dir)
     images, labels = train.load_training_data(config)
-    mesh = train.make_mesh(1)
+    mesh = loop.make_mesh(1)
     state = train.init_train_state(config, images, labels)
     return config, images, labels, state, jax.jit(train.make_train_step(config, mesh))
 
@@ -102,7 +102,7 @@ def test_loss_goes_down_on_synthetic_digits(mnist_dir, tmp_path):
         log_every=1,
         checkpoint_every=200,
     )
-    train.train_and_evaluate(config, tmp_path, progress=False)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     losses = [r["train/loss"] for r in rows]
     assert len(rows) == 200 and rows[-1]["step"] == 200
@@ -111,11 +111,11 @@ def test_loss_goes_down_on_synthetic_digits(mnist_dir, tmp_path):
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(mnist_dir, tmp_path):
     config = tiny_config(mnist_dir, num_train_steps=8, checkpoint_every=2)
-    straight = train.train_and_evaluate(config, tmp_path / "a", progress=False)
-    first = train.train_and_evaluate(config, tmp_path / "b", max_iterations=3, progress=False)
+    straight = loop.train_and_evaluate(config, tmp_path / "a", progress=False)
+    first = loop.train_and_evaluate(config, tmp_path / "b", max_iterations=3, progress=False)
     assert int(first.step) == 3
     assert checkpoint.manager(tmp_path / "b").latest_step() == 3  # saved when stopped early
-    resumed = train.train_and_evaluate(config, tmp_path / "b", progress=False)
+    resumed = loop.train_and_evaluate(config, tmp_path / "b", progress=False)
     assert int(resumed.step) == 8
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -129,20 +129,18 @@ def test_four_devices_compute_the_same_loss_as_one(mnist_dir):
         import jax
         jax.config.update("jax_num_cpu_devices", 4)
         import numpy as np
-        from nca.selforg_mnist import train
+        from nca import loop
         from nca.config import load_config
+        from nca.selforg_mnist import train
         config = load_config("l2_noise:smoke")
         config.data.mnist_dir = {str(mnist_dir)!r}
-        images, labels = train.load_training_data(config)
         results = []
         for n in (1, 4):
-            mesh = train.make_mesh(n)
-            state = train.init_train_state(config, images, labels)
-            shardings = train.state_shardings(state, mesh)
-            state = jax.device_put(state, shardings)
-            step = train.jit_train_step(config, mesh, shardings)
+            mesh = loop.make_mesh(n)
+            trainer = train.make_trainer(config, mesh)
+            state, step = loop.compile_trainer(trainer, mesh)
             for t in range(3):
-                batch = train.sample_fresh_digits(config, images, labels, t)
+                batch = loop.sample_batch(trainer.train_data, trainer.batch_size, config.seed, t)
                 state, metrics = step(state, batch, jax.random.fold_in(state.rng, t))
             assert len(state.pool_states.sharding.device_set) == n
             results.append((float(metrics["train/loss"]), jax.device_get(state.params)))
@@ -160,12 +158,12 @@ def test_four_devices_compute_the_same_loss_as_one(mnist_dir):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
     config = tiny_config(mnist_dir, num_train_steps=4, checkpoint_every=4)
-    train.train_and_evaluate(config, tmp_path, progress=False)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     monkeypatch.setitem(train.losses.LOSSES, "l2", lambda state, labels: jnp.nan * state.sum())
     config.num_train_steps = 12
-    with pytest.raises(train.TrainingError, match=r"non-finite .* iteration 6.*step 4, is left"):
-        train.train_and_evaluate(config, tmp_path, progress=False)
+    with pytest.raises(loop.TrainingError, match=r"non-finite .* iteration 6.*step 4, is left"):
+        loop.train_and_evaluate(config, tmp_path, progress=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
     _, params, step = checkpoint.load_params(tmp_path)
     assert step == 4 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
@@ -173,21 +171,23 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp
 
 def test_resuming_with_a_shape_changing_config_is_refused(mnist_dir, tmp_path):
     config = tiny_config(mnist_dir, num_train_steps=2, checkpoint_every=2)
-    train.train_and_evaluate(config, tmp_path, progress=False)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
     config.pool_size = 32
     config.num_train_steps = 4
     with pytest.raises(checkpoint.CheckpointError, match=r"another config \(pool_size: 16 -> 32\)"):
-        train.train_and_evaluate(config, tmp_path, progress=False)
+        loop.train_and_evaluate(config, tmp_path, progress=False)
     assert checkpoint.manager(tmp_path).all_steps() == [2]
 
 
 def test_moving_later_learning_rate_drops_is_resumable_moving_past_ones_is_not():
     # Resuming at 16,000 with the drops moved from (30k, 70k) to (20k, 32k): same history so far.
-    assert checkpoint.resumable("lr_boundaries", [30_000, 70_000], [20_000, 32_000], 16_000)
-    assert not checkpoint.resumable("lr_boundaries", [30_000, 70_000], [10_000, 32_000], 16_000)
-    assert not checkpoint.resumable("lr_boundaries", [10_000], [12_000], 16_000)
-    assert checkpoint.resumable("num_train_steps", 100_000, 40_000, 16_000)
-    assert not checkpoint.resumable("learning_rate", 1e-3, 2e-3, 16_000)
+    assert train.resumable("lr_boundaries", [30_000, 70_000], [20_000, 32_000], 16_000)
+    assert not train.resumable("lr_boundaries", [30_000, 70_000], [10_000, 32_000], 16_000)
+    assert not train.resumable("lr_boundaries", [10_000], [12_000], 16_000)
+    assert train.resumable("num_train_steps", 100_000, 40_000, 16_000)
+    assert train.resumable("model.impl", "conv", "alive", 16_000)
+    assert not train.resumable("learning_rate", 1e-3, 2e-3, 16_000)
+    assert not checkpoint.resumable("lr_boundaries", [30_000], [40_000], 16_000)  # core: no
 
 
 def test_init_from_starts_at_a_shipped_model_or_a_workdir_and_rejects_others(mnist_dir, tmp_path):
@@ -197,7 +197,7 @@ def test_init_from_starts_at_a_shipped_model_or_a_workdir_and_rejects_others(mni
     jax.tree.map(np.testing.assert_array_equal, from_name, shipped)
 
     config = tiny_config(mnist_dir, init_from="l2_noise", num_train_steps=2)
-    finetuned = train.train_and_evaluate(config, tmp_path / "ca", progress=False)
+    finetuned = loop.train_and_evaluate(config, tmp_path / "ca", progress=False)
     after = jax.device_get(finetuned.params)
     moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), after, shipped)
     assert 0 < max(jax.tree.leaves(moved)) < 0.1  # trained on from the shipped params
