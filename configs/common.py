@@ -35,15 +35,43 @@ def parse_options(
     return options
 
 
-def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_collections.ConfigDict:
-    """The article's training setup (its notebook), with `loss` and residual `noise_std`."""
-    options = parse_options(arg)
+def base_config(
+    kind: str, *, log_every: int, checkpoint_every: int, max_checkpoints_to_keep: int
+) -> ml_collections.ConfigDict:
+    """The fields every config has, declared once: the name, the seed, `model.kind` (which
+    system trains it: `nca.<kind>`) and the core loop's bookkeeping."""
     c = ml_collections.ConfigDict()
     c.name = ""  # filled in by the config loader: "l2_noise:smoke", etc.
     c.seed = 0
-
     c.model = ml_collections.ConfigDict()
-    c.model.kind = "selforg_mnist"
+    c.model.kind = kind
+    c.log_every = log_every
+    c.checkpoint_every = checkpoint_every
+    c.max_checkpoints_to_keep = max_checkpoints_to_keep
+    return c
+
+
+# What `:smoke` does to the bookkeeping of every config; each family adds its own shrinking.
+SMOKE_BOOKKEEPING = {"log_every": 2, "checkpoint_every": 4}
+
+
+def apply_smoke(c: ml_collections.ConfigDict, options: set[str], **fields) -> None:
+    """With the `smoke` option: `SMOKE_BOOKKEEPING`, then `fields` (`data__max_images=200` sets
+    `c.data.max_images`), the family's shrinking to a run of seconds."""
+    if "smoke" not in options:
+        return
+    for key, value in {**SMOKE_BOOKKEEPING, **fields}.items():
+        *parents, leaf = key.split("__")
+        node = c
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+
+
+def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_collections.ConfigDict:
+    """The article's training setup (its notebook), with `loss` and residual `noise_std`."""
+    options = parse_options(arg)
+    c = base_config("selforg_mnist", log_every=50, checkpoint_every=500, max_checkpoints_to_keep=3)
     c.model.fire_rate = 0.5
     c.model.noise_std = noise_std
     # How the CA is computed (same function; see nca/fast.py): auto | conv | im2col | alive.
@@ -67,10 +95,6 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     c.adam_eps = 1e-7  # Keras' default, as the article's code
     c.grad_norm_eps = 1e-8  # g / (||g|| + eps), per parameter tensor
 
-    c.log_every = 50
-    c.checkpoint_every = 500
-    c.max_checkpoints_to_keep = 3
-
     c.data = ml_collections.ConfigDict()
     c.data.mnist_dir = ""  # "" searches $NCA_MNIST_DIR, ./data/mnist, ../shared/data/mnist, tfds
     c.data.max_train_images = 0  # 0: all 60,000
@@ -80,13 +104,6 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
         raise ValueError(f"options {sorted(schedules)} are different schedules; pick one.")
     for option in schedules:
         c.num_train_steps, c.lr_boundaries = SCHEDULES[option]
-    if "smoke" in options:
-        c.batch_size = 4
-        c.pool_size = 16
-        c.num_ca_steps = 8
-        c.num_train_steps = 12
-        c.lr_boundaries = (6, 9)
-        c.log_every = 2
-        c.checkpoint_every = 4
-        c.data.max_train_images = 2000
+    apply_smoke(c, options, batch_size=4, pool_size=16, num_ca_steps=8, num_train_steps=12,
+                lr_boundaries=(6, 9), data__max_train_images=2000)  # fmt: skip
     return c

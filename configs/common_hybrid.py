@@ -23,12 +23,8 @@ def parse_options(arg: str | None) -> set[str]:
 
 def hybrid_config(arch: str, arg: str | None) -> ml_collections.ConfigDict:
     options = parse_options(arg)
-    c = ml_collections.ConfigDict()
-    c.name = ""
-    c.seed = 0
-
-    m = c.model = ml_collections.ConfigDict()
-    m.kind = "hybrid"
+    c = common.base_config("hybrid", log_every=25, checkpoint_every=250, max_checkpoints_to_keep=2)
+    m = c.model
     m.arch = arch  # hybrid | ca_only | autoencoder | classifier
     # Lattice models (hybrid, ca_only).
     m.channels = 16
@@ -65,21 +61,11 @@ def hybrid_config(arch: str, arg: str | None) -> ml_collections.ConfigDict:
     c.final_lr_fraction = 0.05  # cosine decay to this fraction of the rate at num_train_steps
     c.grad_clip = 1.0
 
-    c.log_every = 25
-    c.checkpoint_every = 250
-    c.max_checkpoints_to_keep = 2
-
     c.data = ml_collections.ConfigDict()
     c.data.mnist_dir = ""
     c.data.max_train_images = 0
 
-    if "smoke" in options:
-        c.batch_size = 4
-        c.num_train_steps = 6
-        c.warmup_steps = 2
-        c.log_every = 2
-        c.checkpoint_every = 3
-        c.data.max_train_images = 2000
-        m.num_ca_steps = 4
-        m.damage_step = 2
+    common.apply_smoke(c, options, batch_size=4, num_train_steps=6, warmup_steps=2,
+                       checkpoint_every=3, data__max_train_images=2000, model__num_ca_steps=4,
+                       model__damage_step=2)  # fmt: skip
     return c

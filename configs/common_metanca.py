@@ -25,12 +25,7 @@ def parse_options(arg: str | None) -> set[str]:
 def metanca_config(arg: str | None) -> ml_collections.ConfigDict:
     """Defaults shared by the iris and MNIST configs (which set task, archs and sizes)."""
     options = parse_options(arg)
-    c = ml_collections.ConfigDict()
-    c.name = ""
-    c.seed = 0
-
-    c.model = ml_collections.ConfigDict()
-    c.model.kind = "metanca"
+    c = common.base_config("metanca", log_every=20, checkpoint_every=200, max_checkpoints_to_keep=2)
     c.model.code_dims = 10  # per position code; hidden state H = 3 * code_dims
     c.model.rule_hidden = (64, 64)
     c.model.input_grid = ()  # (rows, cols): inputs are pixels, coded by row and column
@@ -56,10 +51,6 @@ def metanca_config(arg: str | None) -> ml_collections.ConfigDict:
     c.grad_clip = 1.0
     c.spike_factor = 10.0
     c.loss_avg_decay = 0.95
-
-    c.log_every = 20
-    c.checkpoint_every = 200
-    c.max_checkpoints_to_keep = 2
 
     c.data = ml_collections.ConfigDict()
     c.data.task = "iris"

@@ -6,6 +6,7 @@ python -m experiments.train --config=metanca_iris:no_pool --workdir=/root/runs/m
 python -m experiments.train --config=metanca_iris:smoke --workdir=/tmp/metanca_iris_smoke
 """
 
+from configs import common
 from configs.common_metanca import metanca_config, parse_options
 
 
@@ -23,16 +24,8 @@ def get_config(arg=None):
     c.pool_prob = 0.95
     c.num_train_steps = 6000  # about 5 min on one CPU core
     c.curriculum_steps = 500
-    if "smoke" in parse_options(arg):
-        c.train_archs = ((4, 3), (4, 6, 3))
-        c.test_archs = ((4, 5, 3),)
-        c.model.code_dims = 4
-        c.model.rule_hidden = (16,)
-        c.nets_per_arch = 2
-        c.pool_size = 8
-        c.num_train_steps = 8
-        c.curriculum_steps = 4
-        c.num_rule_steps = 3
-        c.log_every = 2
-        c.checkpoint_every = 4
+    common.apply_smoke(c, parse_options(arg), train_archs=((4, 3), (4, 6, 3)),
+                       test_archs=((4, 5, 3),), model__code_dims=4, model__rule_hidden=(16,),
+                       nets_per_arch=2, pool_size=8, num_train_steps=8, curriculum_steps=4,
+                       num_rule_steps=3)  # fmt: skip
     return c

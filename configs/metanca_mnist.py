@@ -11,6 +11,7 @@ python -m experiments.train --config=metanca_mnist --workdir=/root/runs/metanca_
 python -m experiments.train --config=metanca_mnist:smoke --workdir=/tmp/metanca_mnist_smoke
 """
 
+from configs import common
 from configs.common_metanca import metanca_config, parse_options
 
 
@@ -30,17 +31,8 @@ def get_config(arg=None):
     c.learning_rate = 2e-3
     c.log_every = 10
     c.checkpoint_every = 100
-    if "smoke" in parse_options(arg):
-        c.train_archs = ((784, 8, 10),)
-        c.test_archs = ((784, 6, 10),)
-        c.model.code_dims = 2
-        c.model.rule_hidden = (8,)
-        c.batch_size = 16
-        c.pool_size = 4
-        c.num_train_steps = 6
-        c.curriculum_steps = 3
-        c.num_rule_steps = 3
-        c.log_every = 2
-        c.checkpoint_every = 3
-        c.data.max_images = 200
+    common.apply_smoke(c, parse_options(arg), train_archs=((784, 8, 10),),
+                       test_archs=((784, 6, 10),), model__code_dims=2, model__rule_hidden=(8,),
+                       batch_size=16, pool_size=4, num_train_steps=6, curriculum_steps=3,
+                       num_rule_steps=3, checkpoint_every=3, data__max_images=200)  # fmt: skip
     return c
