@@ -15,13 +15,11 @@ are averaged. Writes `<out>/restore.json`, `restore.md`, `restore.png`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import flags
 
 from experiments import cli
-from nca import checkpoint
-from nca.hybrid import evaluate, masking
+from nca import checkpoint, report
+from nca.hybrid import evaluate, masking, summary
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained restorer workdir(s).")
 _CLASSIFIER = flags.DEFINE_string("classifier", None, "Workdir of the digit-ID classifier.")
@@ -47,20 +45,18 @@ def main(argv):
     cls_config, cls_params, cls_step = checkpoint.load_params(_CLASSIFIER.value)
     if cls_config.model.get("arch") != "classifier":
         raise cli.InputError(f"--classifier={_CLASSIFIER.value} holds no digit-ID classifier.")
-    out = Path(_OUT.value or _WORKDIRS.value[0])
-    result = evaluate.run_experiment(
+    run = evaluate.run_experiment(
         models,
         (_CLASSIFIER.value, cls_params, cls_step),
-        out,
         num_digits=_NUM.value,
         mask_seed=_MASK_SEED.value,
         batch_size=_BATCH.value,
         mnist_dir=_DATA.value,
         progress=_PROGRESS.value,
     )
-    print((out / "restore.md").read_text())
-    print(f"wrote {out / 'restore.json'}, {out / 'restore.md'}, {out / 'restore.png'}")
-    return result
+    for result in summary.reports(run):
+        report.write(_OUT.value or _WORKDIRS.value[0], result, dpi=90, tight=False, indent=1)
+    return run["result"]
 
 
 if __name__ == "__main__":

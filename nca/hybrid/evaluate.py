@@ -1,12 +1,12 @@
 """The restoration experiment of issue 8 on trained workdirs: PSNR, digit-ID, damage, FLOPs,
 throughput, trivial baselines, the blog's numbers beside ours, and the noise-valley count.
 
-`experiments/restore.py` is the command; everything here is importable and tested on tiny data.
+`experiments/restore.py` is the command, `nca.hybrid.summary` formats the results; everything here
+is importable and tested on tiny data.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -242,7 +242,6 @@ def figure_indices(labels: np.ndarray) -> np.ndarray:
 def run_experiment(
     models_: list[tuple],
     classifier: tuple,
-    out,
     *,
     num_digits: int = 10_000,
     mask_seed: int = masking.TEST_MASK_SEED,
@@ -251,14 +250,10 @@ def run_experiment(
     progress: bool = True,
 ) -> dict:
     """models_: `(workdir, config, params, step)` per trained restorer; classifier: `(workdir,
-    params, step)`. Writes `restore.json`, `restore.md`, `restore.png` (and
-    `noise_valleys.png`) into `out`; returns the JSON's content."""
-    from pathlib import Path
-
+    params, step)`. Returns the results (`restore.json`'s content) and the images the figures
+    show: `{"result", "clean", "masked", "panels", "noise_panels"}` (see `nca.hybrid.summary`)."""
     from nca import data
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     raw, labels = data.load_mnist("test", mnist_dir)
     images, labels = data.to_grey(raw[:num_digits]), labels[:num_digits]
     keep = masking.eval_masks(len(images), mask_seed)
@@ -313,140 +308,5 @@ def run_experiment(
         "targets": check_targets(groups, baselines),
         "blog": BLOG,
     }
-    (out / "restore.json").write_text(json.dumps(result, indent=1))
-    (out / "restore.md").write_text(markdown(result))
-    plot_panels(images[idx], masked_in[idx], panels, out / "restore.png")
-    if noise_panels:
-        plot_noise(noise_panels, out / "noise_valleys.png")
-    return result
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _pm(value, std, seeds, fmt):
-    return fmt.format(value) + (f" ± {fmt.format(std)}" if seeds > 1 else "")
-
-
-def markdown(result: dict) -> str:
-    """The results as Markdown: the main table, targets, noise valleys, per-run rows."""
-    p = result["protocol"]
-    lines = [
-        f"Test set: {p['test_digits']} digits, {p['hidden_pixels_per_digit']} of 784 pixels "
-        f"hidden per digit (mask seed {p['mask_seed']}). PSNR: {p['psnr']}. Digit-ID: the frozen "
-        f"classifier ({result['classifier']['clean_test_digit_id']:.2%} on clean test digits). "
-        f"Damage: {p['damage']}. Machine: {p['machine']}.",
-        "",
-        "| model | params | seeds | PSNR all (dB) | PSNR hidden (dB) | PSNR pooled (dB) | "
-        "digit-ID | damaged: digit-ID (drop) | damaged: PSNR (drop) | GFLOPs/sample XLA | "
-        "analytic | throughput (img/s, 1 core) | blog: PSNR / digit-ID / GFLOPs |",
-        "|" + "---|" * 13,
-    ]
-    first = {}
-    for r in result["models"]:
-        first.setdefault(r["model"], r)
-    for label, g in result["groups"].items():
-        r, n = first[label], g["seeds"]
-        blog = result["blog"].get(label)
-        blog_s = f"{blog['psnr']} / {blog['digit_id']:.0%} / {blog['gflops']}" if blog else "-"
-        if "damaged" in r:
-            drop = g["damage_digit_id_drop"]
-            dmg_id = f"{100 * (g['digit_id'] - drop):.1f}% ({-100 * drop:+.1f} pts)"
-            dmg_psnr = f"{g['psnr'] - g['damage_psnr_drop']:.2f} ({-g['damage_psnr_drop']:+.2f})"
-        else:
-            dmg_id = dmg_psnr = "n/a (no lattice)"
-        digit_id = _pm(100 * g["digit_id"], 100 * g["digit_id_std"], n, "{:.1f}") + "%"
-        lines.append(_row([
-            label, f"{r['params']:,}", str(n), _pm(g["psnr"], g["psnr_std"], n, "{:.2f}"),
-            _pm(g["psnr_hidden"], g["psnr_hidden_std"], n, "{:.2f}"), f"{r['psnr_pooled']:.2f}",
-            digit_id, dmg_id, dmg_psnr, f"{r['flops']['xla'] / 1e9:.4f}",
-            f"{r['flops']['analytic']['total'] / 1e9:.4f}", f"{r['throughput_per_s']:,.0f}", blog_s,
-        ]))  # fmt: skip
-    dashes = ["-"] * 6
-    for name, b in result["baselines"].items():
-        lines.append(_row([
-            f"{name} (baseline)", "0", "-", f"{b['psnr']:.2f}", f"{b['psnr_hidden']:.2f}",
-            f"{b['psnr_pooled']:.2f}", f"{100 * b['digit_id']:.1f}%", *dashes,
-        ]))  # fmt: skip
-    clean = 100 * result["classifier"]["clean_test_digit_id"]
-    lines.append(_row(["clean digits", "-", "-", "inf", "inf", "inf", f"{clean:.1f}%", *dashes]))
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    for name, t in result["targets"].items():
-        lines.append(_row([name, f"{t['value']:.2f}", "yes" if t["met"] else "no"]))
-    valleys = [r for r in result["models"] if "noise_valleys" in r]
-    if valleys:
-        lines += [
-            "",
-            'Report only, the blog\'s "10 valleys": 100 lattices of N(0, 1) noise, no input, '
-            "10 CA steps, read-outs classified by the frozen classifier and clustered (k-means, "
-            "k = 10).",
-            "",
-            "| model | seed | distinct classes | class counts 0-9 | k-means purity | mean output "
-            "| std across lattices |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in valleys:
-            v = r["noise_valleys"]
-            lines.append(_row([
-                r["model"], str(r["seed"]), str(v["distinct_classes"]), str(v["class_counts"]),
-                f"{v['kmeans_purity']:.2f}", f"{v['mean_output']:.3f}",
-                f"{v['output_std_across_lattices']:.3f}",
-            ]))  # fmt: skip
-    if len(result["models"]) > len(result["groups"]):
-        lines += [
-            "",
-            "| run | seed | PSNR all | PSNR hidden | digit-ID | damage drop (pts) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in result["models"]:
-            drop = f"{100 * r['damage_digit_id_drop']:.1f}" if "damaged" in r else "n/a"
-            lines.append(_row([
-                r["workdir"], str(r["seed"]), f"{r['psnr']:.2f}", f"{r['psnr_hidden']:.2f}",
-                f"{100 * r['digit_id']:.1f}%", drop,
-            ]))  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def plot_panels(clean: np.ndarray, masked: np.ndarray, panels: dict, path) -> None:
-    """Rows: masked input, each model's restoration (and damaged run), clean digits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [("masked input", masked), *panels.items(), ("clean", clean)]
-    cols = clean.shape[0]
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9 + 1.6, len(rows) * 0.95))
-    axes = np.atleast_2d(axes)
-    for i, (name, imgs) in enumerate(rows):
-        for j in range(cols):
-            ax = axes[i, j]
-            ax.imshow(imgs[j], cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[i, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_noise(panels: dict, path) -> None:
-    """Read-outs of noise lattices run without input, one row per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(panels), 10, figsize=(10.5, len(panels) * 1.05 + 0.2))
-    axes = np.atleast_2d(axes)
-    for i, (name, imgs) in enumerate(panels.items()):
-        for j in range(min(10, len(imgs))):
-            axes[i, j].imshow(imgs[j], cmap="gray", vmin=0, vmax=1)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[i, 0].set_ylabel(f"noise → {name}", rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return {"result": result, "clean": images[idx], "masked": masked_in[idx], "panels": panels,
+            "noise_panels": noise_panels}  # fmt: skip

@@ -1,6 +1,6 @@
 """MetaNCA end to end: the smoke config meta-trains, checkpoints, resumes, and every experiment
-runs on the reloaded rule and writes its JSON, Markdown and figure (accuracy and stability
-share their growing code with grid and zero_out)."""
+runs in-process on the reloaded rule and writes its JSON, Markdown and figure (accuracy and
+stability share their growing code with grid and zero_out), and the command runs one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from nca.metanca import evaluate
+from nca import report
+from nca.metanca import evaluate, experiments
 from tests.conftest import REPO_ROOT
 
 
@@ -46,18 +47,18 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     assert all("train/loss_784-8-10" in r for r in rows)
 
     out = tmp_path / "out"
-    run(
-        "-m",
-        "experiments.metanca",
-        f"--workdir={workdir}",
-        f"--out={out}",
-        "--nets=2",
-        "--grid_nets=2",
-        "--grid_sizes=10",
-        "--damage_at=3",
-        "--after_steps=3",
-        "--experiment=grid,zero_out,baseline",
+    m = experiments.load(workdir)
+    d = experiments.task_arrays(m["config"])
+    settings = experiments.Settings(
+        nets=2, grid_nets=2, grid_sizes=(10,), damage_at=3, after_steps=3
     )
+    for name in ("grid", "zero_out", "baseline"):
+        report.write(out, experiments.RUNS[name](m, d, settings), log=lambda *_: None)
+    # The command: flags in, the same library functions and report files out.
+    run("-m", "experiments.metanca", f"--workdir={workdir}", f"--out={out}", "--nets=2",
+        "--experiment=accuracy")  # fmt: skip
+    accuracy = json.loads((out / "accuracy.json").read_text())
+    assert [a["trained"] for a in accuracy["archs"]] == [True, False]
     grid = json.loads((out / "grid.json").read_text())
     assert grid["sizes"] == [10] and 0 <= grid["min"] <= grid["max"] <= 1
     zero = json.loads((out / "zero_out.json").read_text())

@@ -1,0 +1,360 @@
+"""The MetaNCA experiments, on rules reloaded from their training workdirs; each `run_*` returns
+an `nca.report.Report` (its data, table and figure) and writes nothing.
+
+accuracy:   mean test accuracy of freshly grown nets, trained and held-out architectures.
+grid:       (MNIST) heatmap of mean test accuracy of grown [784, X, Y, 10], X, Y in 10..90.
+stability:  (iris) a long rollout: steps until the loss is within 10 % of its minimum and the
+            longest run within it, with the pool and (if given) without.
+zero_out:   grow, zero one layer and 30 % of the other weights, keep growing; the rule and, if
+            given, a second one (e.g. `:damage`), each labelled by whether its config trained
+            with damage.
+baseline:   the same MLPs trained by Adam for the same number of steps.
+
+`experiments/metanca.py` is the command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.patches
+import numpy as np
+from tqdm import tqdm
+
+from nca import checkpoint, report
+from nca.checkpoint import CheckpointError
+from nca.config import ConfigError
+from nca.metanca import data as metanca_data
+from nca.metanca import evaluate
+from nca.metanca import train as metanca_train
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How the experiments sample and grow (the command's flags)."""
+
+    nets: int = 32  # sampled task nets per architecture
+    grid_sizes: tuple[int, ...] = tuple(range(10, 100, 10))  # grid: hidden sizes X and Y
+    grid_nets: int = 10  # grid: sampled task nets per cell
+    steps: int = 0  # rule steps to grow (0: the trained horizon)
+    long_steps: int = 500  # stability: length of the long rollout
+    damage_at: int = 50  # zero_out: rule steps before the damage
+    after_steps: int = 100  # zero_out: rule steps after the damage
+    baseline_lr: float = 1e-2  # baseline: Adam learning rate
+    seed: int = 1234  # of the sampled task-net inits
+    curve_examples: int = 0  # stability, zero_out, baseline: first N examples (0: all)
+
+
+def load(workdir: str) -> dict:
+    """The rule of a MetaNCA workdir: `{"workdir", "config", "rule", "step"}`."""
+    config, params, step = checkpoint.load_params(workdir, log=tqdm.write)
+    if config.model.kind != "metanca":
+        raise CheckpointError(f"{workdir} holds a {config.model.kind!r} model, not MetaNCA.")
+    params = jax.tree.map(jnp.asarray, params)
+    return {"workdir": workdir, "config": config, "rule": params, "step": step}
+
+
+def task_arrays(config) -> dict[str, jax.Array]:
+    """The task's train and test splits as device arrays."""
+    d = metanca_data.load_task(config)
+    return {k: jnp.asarray(v) for k, v in d.items()}
+
+
+def curve_split(d, split: str, s: Settings):
+    n = s.curve_examples or len(d[f"{split}_x"])
+    return d[f"{split}_x"][:n], d[f"{split}_y"][:n]
+
+
+def source(m) -> dict:
+    return {
+        "workdir": str(m["workdir"]),
+        "checkpoint_step": int(m["step"]),
+        "config": m["config"].name,
+    }
+
+
+def horizon(m, s: Settings) -> int:
+    return s.steps or int(m["config"].num_rule_steps)
+
+
+def run_accuracy(m, d, s: Settings) -> report.Report:
+    config = m["config"]
+    keys = evaluate.init_keys(s.seed, s.nets)
+    rows, result = [], {"source": source(m), "nets": s.nets, "archs": []}
+    trained = metanca_train.archs(config.train_archs)
+    for arch in tqdm(trained + metanca_train.archs(config.test_archs), desc="accuracy"):
+        entry = {"arch": list(arch), "trained": arch in trained}
+        for n in sorted({horizon(m, s), 5 * horizon(m, s)}):
+            acc = evaluate.grow_final_accuracy(
+                config, m["rule"], arch, keys, d["test_x"], d["test_y"], n
+            )
+            entry[f"test_accuracy@{n}"] = {
+                "mean": float(acc.mean()),
+                "min": float(acc.min()),
+                "std": float(acc.std()),
+            }
+        result["archs"].append(entry)
+        cells = [
+            f"{entry[k]['mean']:.3f} (min {entry[k]['min']:.2f})"
+            for k in entry
+            if k.startswith("test_accuracy")
+        ]
+        rows.append(
+            f"| {list(arch)} | {'trained' if entry['trained'] else 'held out'} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    steps = [k.split("@")[1] for k in result["archs"][0] if k.startswith("test_accuracy")]
+    table = (
+        f"Test accuracy of freshly grown nets ({s.nets} inits each; "
+        f"{config.name} @ {m['step']})\n\n| architecture | | "
+        + " | ".join(f"after {s} rule steps" for s in steps)
+        + " |\n|---|---|"
+        + "---|" * len(steps)
+        + "\n"
+        + "\n".join(rows)
+    )
+    for split in ("trained", "held out"):
+        sel = [e for e in result["archs"] if e["trained"] == (split == "trained")]
+        key = f"test_accuracy@{horizon(m, s)}"
+        result[f"mean_{split.replace(' ', '_')}"] = float(np.mean([e[key]["mean"] for e in sel]))
+    return report.Report("accuracy", result, table)
+
+
+def run_grid(m, d, s: Settings) -> report.Report:
+    config = m["config"]
+    sizes = [int(n) for n in s.grid_sizes]
+    keys = evaluate.init_keys(s.seed, s.grid_nets)
+    n_in, n_out = int(config.train_archs[0][0]), int(config.train_archs[0][-1])
+    acc = np.zeros((len(sizes), len(sizes)))
+    t0 = time.perf_counter()
+    cells = [(i, j) for i in range(len(sizes)) for j in range(len(sizes))]
+    for i, j in tqdm(cells, desc="grid"):
+        arch = (n_in, sizes[i], sizes[j], n_out)
+        acc[i, j] = evaluate.grow_final_accuracy(
+            config, m["rule"], arch, keys, d["test_x"], d["test_y"], horizon(m, s)
+        ).mean()
+    trained = [a for a in metanca_train.archs(config.train_archs) if len(a) == 4]
+    held_out = [a for a in metanca_train.archs(config.test_archs) if len(a) == 4]
+    fig, ax = report.figure(figsize=(7, 6))
+    im = ax.imshow(acc, origin="lower", vmin=0, vmax=1, cmap="viridis")
+    for i, j in itertools_product(len(sizes)):
+        ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+    for archs_, style in ((trained, "r"), (held_out, "w")):
+        for a in archs_:
+            if a[1] in sizes and a[2] in sizes:
+                ax.add_patch(
+                    matplotlib.patches.Rectangle(
+                        (sizes.index(a[2]) - 0.5, sizes.index(a[1]) - 0.5),
+                        1,
+                        1,
+                        fill=False,
+                        ec=style,
+                        lw=2.5,
+                    )
+                )
+    ax.set_xticks(range(len(sizes)), sizes)
+    ax.set_yticks(range(len(sizes)), sizes)
+    ax.set_xlabel("Y (second hidden layer)")
+    ax.set_ylabel("X (first hidden layer)")
+    ax.set_title(
+        f"MetaNCA: mean test accuracy of grown [{n_in}, X, Y, {n_out}]\n"
+        f"({s.grid_nets} nets/cell, {horizon(m, s)} rule steps; red: trained, "
+        f"white: held out)"
+    )
+    fig.colorbar(im, ax=ax)
+    result = {
+        "source": source(m),
+        "sizes": sizes,
+        "nets_per_cell": s.grid_nets,
+        "rule_steps": horizon(m, s),
+        "accuracy": acc.tolist(),
+        "mean": float(acc.mean()),
+        "min": float(acc.min()),
+        "max": float(acc.max()),
+        "seconds": time.perf_counter() - t0,
+    }
+    table = (
+        f"Mean test accuracy of grown [{n_in}, X, Y, {n_out}] ({s.grid_nets} nets per "
+        f"cell, {horizon(m, s)} rule steps): grid mean {acc.mean():.3f}, min {acc.min():.3f}, "
+        f"max {acc.max():.3f}\n\n| X \\ Y | "
+        + " | ".join(map(str, sizes))
+        + " |\n|---|"
+        + "---|" * len(sizes)
+        + "\n"
+        + "\n".join(
+            f"| {x} | " + " | ".join(f"{v:.2f}" for v in acc[i]) + " |" for i, x in enumerate(sizes)
+        )
+    )
+    return report.Report("grid", result, table, fig)
+
+
+def itertools_product(n):
+    return ((i, j) for i in range(n) for j in range(n))
+
+
+def run_stability(m, d, s: Settings, nopool=None) -> report.Report:
+    """A long rollout of the rule `m` and, if given, of the rule trained without pool."""
+    models = [("with pool", m)]
+    if nopool is not None:
+        models.append(("without pool", nopool))
+    keys = evaluate.init_keys(s.seed, s.nets)
+    fig, axes = report.figure(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    result, rows = {"long_steps": s.long_steps, "nets": s.nets, "runs": {}}, []
+    for ax, (label, mm) in zip(axes[0], models, strict=True):
+        config = mm["config"]
+        entry = {"source": source(mm), "archs": []}
+        for arch in metanca_train.archs(config.train_archs) + metanca_train.archs(
+            config.test_archs
+        ):
+            curves = evaluate.grow_curves(
+                config, mm["rule"], arch, keys, *curve_split(d, "train", s), s.long_steps
+            )
+            per_net = [evaluate.stability(c[1:]) for c in curves["loss"]]
+            of_mean = evaluate.stability(curves["loss"].mean(0)[1:])
+            e = {
+                "arch": list(arch),
+                "steps_to_train_mean": float(np.mean([s["steps_to_train"] for s in per_net])),
+                "longest_within_mean": float(np.mean([s["longest_within_10pct"] for s in per_net])),
+                "of_mean_curve": of_mean,
+                "final_train_accuracy": float(curves["accuracy"][:, -1].mean()),
+            }
+            entry["archs"].append(e)
+            rows.append(
+                f"| {label} | {list(arch)} | {e['steps_to_train_mean']:.1f} | "
+                f"{e['longest_within_mean']:.1f} | {of_mean['steps_to_train']} | "
+                f"{of_mean['longest_within_10pct']} | {e['final_train_accuracy']:.3f} |"
+            )
+            ax.plot(curves["loss"].mean(0), label=str(list(arch)))
+        entry["steps_to_train"] = float(np.mean([e["steps_to_train_mean"] for e in entry["archs"]]))
+        entry["longest_within"] = float(np.mean([e["longest_within_mean"] for e in entry["archs"]]))
+        result["runs"][label] = entry
+        ax.set_yscale("log")
+        ax.set_title(f"iris, {label}: mean training loss over {s.nets} nets")
+        ax.set_xlabel("rule step")
+        ax.legend(fontsize=7)
+    summary = "; ".join(
+        f"{k}: {v['steps_to_train']:.1f} steps to train, "
+        f"{v['longest_within']:.1f} longest within 10 %"
+        for k, v in result["runs"].items()
+    )
+    table = (
+        f"Stability over a {s.long_steps}-step rollout (training split; per net, mean over "
+        f"{s.nets} nets; and of the mean curve). {summary}. Abstract: 5 / 13 without "
+        f"pool, 5 / 496 with.\n\n| run | architecture | steps to train | longest within "
+        f"10 % | (mean curve) steps to train | (mean curve) longest within | final "
+        f"train accuracy |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+    return report.Report("stability", result, table, fig)
+
+
+def run_zero_out(m, d, s: Settings, damage=None) -> report.Report:
+    """Zero-out damage and recovery, for `m` and, if given, a rule trained with damage."""
+    rules = [m] + ([damage] if damage is not None else [])
+    models = [(f"trained with{'' if r['config'].damage_prob else 'out'} damage", r) for r in rules]
+    if len({name for name, _ in models}) < len(models):
+        raise ConfigError(
+            f"{m['workdir']} and {damage['workdir']} are both rules {models[0][0]}; give as the "
+            "second a rule meta-trained with the `damage` option."
+        )
+    keys = evaluate.init_keys(s.seed, s.nets)
+    total = s.damage_at + s.after_steps
+    fig, axes = report.figure(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    result, rows = {"damage_at": s.damage_at, "after": s.after_steps, "runs": {}}, []
+    for ax, (label, mm) in zip(axes[0], models, strict=True):
+        config = mm["config"]
+        entry = {"source": source(mm), "archs": []}
+        for arch in metanca_train.archs(config.train_archs) + metanca_train.archs(
+            config.test_archs
+        ):
+            curves = evaluate.grow_curves(
+                config,
+                mm["rule"],
+                arch,
+                keys,
+                *curve_split(d, "test", s),
+                total,
+                damage_at=s.damage_at,
+            )
+            acc = curves["accuracy"].mean(0)
+            before, hit, final = acc[s.damage_at], acc[s.damage_at + 1], acc[-1]
+            e = {
+                "arch": list(arch),
+                "before": float(before),
+                "after_damage_step": float(hit),
+                "final": float(final),
+                "recovery": float(final / before),
+                "curve": acc.tolist(),
+            }
+            entry["archs"].append(e)
+            rows.append(
+                f"| {label} | {list(arch)} | {before:.3f} | {hit:.3f} | {final:.3f} | "
+                f"{final / before:.2f} |"
+            )
+            ax.plot(acc, label=str(list(arch)))
+        entry["mean_recovery"] = float(np.mean([e["recovery"] for e in entry["archs"]]))
+        result["runs"][label] = entry
+        ax.axvline(s.damage_at, color="k", ls=":")
+        ax.set_title(f"{config.data.task}, {label}")
+        ax.set_xlabel("rule step (damage at the dotted line)")
+        ax.set_ylabel(f"test accuracy (mean of {s.nets} nets)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    table = (
+        f"Zero-out: grow {s.damage_at} rule steps, zero one random layer and 30 % of "
+        f"the other weights, grow {s.after_steps} more. Test accuracy, mean of {s.nets} "
+        f"nets; recovery = final / before (target >= 0.9).\n\n| rule | architecture | "
+        f"before | right after damage (1 step) | final | recovery |\n|---|---|---|---|---|"
+        f"---|\n" + "\n".join(rows)
+    )
+    return report.Report("zero_out", result, table, fig)
+
+
+def run_baseline(m, d, s: Settings) -> report.Report:
+    config = m["config"]
+    keys = evaluate.init_keys(s.seed, s.nets)
+    n = horizon(m, s)
+    long = 10 * n
+    fig, ax = report.figure(figsize=(7, 4))
+    result = {"source": source(m), "rule_steps": n, "baseline_lr": s.baseline_lr, "archs": []}
+    rows = []
+    for arch in metanca_train.archs(config.train_archs) + metanca_train.archs(config.test_archs):
+        test_x, test_y = curve_split(d, "test", s)
+        grown = evaluate.grow_curves(config, m["rule"], arch, keys, test_x, test_y, long)
+        bp = evaluate.backprop_curves(
+            arch,
+            keys,
+            d["train_x"],
+            d["train_y"],
+            test_x,
+            test_y,
+            long,
+            s.baseline_lr,
+            batch_size=int(config.batch_size),
+            seed=s.seed,
+        )
+        g, b = grown["accuracy"].mean(0), bp["accuracy"].mean(0)
+        result["archs"].append({"arch": list(arch), "metanca": g.tolist(), "backprop": b.tolist()})
+        rows.append(f"| {list(arch)} | {g[n]:.3f} | {b[n]:.3f} | {g[long]:.3f} | {b[long]:.3f} |")
+        line = ax.plot(g, label=f"MetaNCA {list(arch)}")[0]
+        ax.plot(b, ls="--", color=line.get_color(), label=f"Adam {list(arch)}")
+    ax.axvline(n, color="k", ls=":")
+    ax.set_xlabel("step (rule step / Adam step); dotted: the trained horizon")
+    ax.set_ylabel(f"test accuracy (mean of {s.nets} nets)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=6, ncol=2)
+    table = (
+        f"Grown by the rule vs trained by Adam (lr {s.baseline_lr}, batch "
+        f"{config.batch_size or 'full'}) from the same inits: test accuracy, mean of "
+        f"{s.nets} nets.\n\n| architecture | MetaNCA @ {n} | Adam @ {n} | MetaNCA @ "
+        f"{long} | Adam @ {long} |\n|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+    return report.Report("baseline", result, table, fig)
+
+
+RUNS = {"accuracy": run_accuracy, "grid": run_grid, "stability": run_stability,
+        "zero_out": run_zero_out, "baseline": run_baseline}  # fmt: skip
+EXPERIMENTS = tuple(RUNS)
