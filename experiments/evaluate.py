@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from nca import data
+from nca import data, report
 from nca.selforg_mnist import evaluate, plots
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained workdir(s) to evaluate.")
@@ -38,7 +38,7 @@ _VARIANT = flags.DEFINE_enum(
 _NUM_DIGITS = flags.DEFINE_integer("num_digits", 10_000, "Test digits to use (from the start).")
 _STEPS = flags.DEFINE_integer("steps", 200, "CA steps before (and after) the mutation.")
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Digits per batch (the article: 1000).")
-_IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/fast.py).")
+_IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/selforg_mnist/fast.py).")
 _EXACT = flags.DEFINE_bool(
     "exact_randomness", False, "`alive`: draw the masks and noise that `conv` draws (slower)."
 )
@@ -52,78 +52,50 @@ _RESULTS = flags.DEFINE_multi_string(
 )
 
 
-def load_result(path: str) -> dict:
-    """An `eval_<variant>.json` written by this command, checked against the current flags."""
+def load_result(path: str, variant: str, steps: int) -> dict:
+    """An `eval_<variant>.json` written by this command, checked against `variant` and `steps`."""
     try:
         result = json.loads(Path(path).read_text())
-        label, variant, steps = result["model"], result["variant"], result["steps"]
+        label, saved = result["model"], (result["variant"], result["steps"])
         result["curves"] = {k: np.asarray(v) for k, v in result["curves"].items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise cli.InputError(f"--result={path} is not a readable eval_<variant>.json ({e}).") from e
-    if (variant, steps) != (_VARIANT.value, _STEPS.value):
+    if saved != (variant, steps):
         raise cli.InputError(
-            f"--result={path} ({label}) was evaluated with --variant={variant} --steps={steps}; "
-            f"compare it with the same flags."
+            f"--result={path} ({label}) was evaluated with --variant={saved[0]} "
+            f"--steps={saved[1]}; compare it with the same flags."
         )
-    return result
-
-
-def evaluate_one(m: dict, images, labels) -> dict:
-    curves = evaluate.evaluate_model(
-        m["config"],
-        m["params"],
-        images,
-        labels,
-        num_steps=_STEPS.value,
-        variant=_VARIANT.value,
-        batch_size=_BATCH.value,
-        seed=_SEED.value,
-        impl=_IMPL.value,
-        exact_randomness=_EXACT.value,
-    )
-    folder = m["folder"] or Path(_OUT.value or "eval_pretrained") / m["info"]["pretrained"]
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"eval_{_VARIANT.value}"
-    result = {
-        "model": m["label"],
-        **m["info"],
-        "variant": _VARIANT.value,
-        "num_digits": len(images),
-        "steps": _STEPS.value,
-        "summary": evaluate.summary(curves, _STEPS.value),
-        "curves": {k: v.tolist() for k, v in curves.items()},
-    }
-    stem.with_suffix(".json").write_text(json.dumps(result) + "\n")
-    stem.with_suffix(".md").write_text(
-        evaluate.markdown_table({m["label"]: result["summary"]}, _STEPS.value)
-    )
-    plots.plot_curves({m["label"]: curves}, _STEPS.value, stem.with_suffix(".png"))
     return result
 
 
 def main(argv):
     cli.reject_positional(argv)
-    earlier = [load_result(path) for path in _RESULTS.value]
+    variant, steps, quiet = _VARIANT.value, _STEPS.value, lambda *_: None
+    earlier = [load_result(path, variant, steps) for path in _RESULTS.value]
     results = {}
     if _WORKDIRS.value or _MODELS.value or not earlier:
         models = cli.load_models(_WORKDIRS.value, _MODELS.value)
         images, labels = data.load_mnist("test", _DATA.value)
         images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]
-        results = {m["label"]: evaluate_one(m, images, labels) for m in models}
+        for m in models:
+            result = evaluate.evaluation_report(
+                m["config"], m["params"], images, labels, m["label"], m["info"], num_steps=steps,
+                variant=variant, batch_size=_BATCH.value, seed=_SEED.value, impl=_IMPL.value,
+                exact_randomness=_EXACT.value,
+            )  # fmt: skip
+            folder = m["folder"] or Path(_OUT.value or "eval_pretrained") / m["info"]["pretrained"]
+            report.write(folder, result, log=quiet, dpi=110, tight=False, indent=None)
+            results[m["label"]] = result.data
     results.update({r["model"]: r for r in earlier})
-    table = evaluate.markdown_table({n: r["summary"] for n, r in results.items()}, _STEPS.value)
+    table = evaluate.markdown_table({n: r["summary"] for n, r in results.items()}, steps)
     digits = sorted({r["num_digits"] for r in results.values()})
-    print(f"{'/'.join(map(str, digits))} test digits, {_STEPS.value} steps, variant "
-          f"{_VARIANT.value}:\n{table}")  # fmt: skip
+    print(f"{'/'.join(map(str, digits))} test digits, {steps} steps, variant {variant}:\n{table}")
     if len(results) > 1 or _OUT.value:
         out = Path(_OUT.value or "eval_comparison")
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"comparison_{_VARIANT.value}"
-        stem.with_suffix(".md").write_text(table)
-        plots.plot_curves(
-            {n: r["curves"] for n, r in results.items()}, _STEPS.value, stem.with_suffix(".png")
-        )
-        print(f"comparison written to {stem}.md and .png")
+        figure = plots.curves_figure({n: r["curves"] for n, r in results.items()}, steps)
+        report.write(out, report.Report(f"comparison_{variant}", None, table, figure), log=quiet,
+                     dpi=110, tight=False)  # fmt: skip
+        print(f"comparison written to {out / f'comparison_{variant}'}.md and .png")
 
 
 if __name__ == "__main__":

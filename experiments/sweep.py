@@ -21,7 +21,7 @@ from absl import flags
 
 from configs.common import OPTIONS
 from experiments import cli
-from nca import checkpoint, data, loop
+from nca import checkpoint, data, loop, report
 from nca.config import load_config
 from nca.selforg_mnist import evaluate
 
@@ -85,15 +85,8 @@ def main(argv):
         if not done:
             loop.train_and_evaluate(config, workdir)
         _, params, step = checkpoint.load_params(workdir)
-        curves = evaluate.evaluate_model(
-            config,
-            params,
-            images,
-            labels,
-            num_steps=_STEPS.value,
-            variant="none",
-            seed=config.seed,
-        )
+        curves = evaluate.evaluate_model(config, params, images, labels, num_steps=_STEPS.value,
+                                         variant="none", seed=config.seed)  # fmt: skip
         per_config.setdefault(spec, []).append(evaluate.summary(curves, _STEPS.value))
 
     lines = [
@@ -110,10 +103,7 @@ def main(argv):
         table[spec] = {"runs": summaries, "mean_std": stats}
         cells = " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in stats.values())
         lines.append(f"| {spec} | {len(summaries)} | {cells} |")
-    markdown = "\n".join(lines) + "\n"
-    (root / "sweep.md").write_text(markdown)
-    (root / "sweep.json").write_text(json.dumps(table, indent=2) + "\n")
-    print(markdown)
+    report.write(root, report.Report("sweep", table, "\n".join(lines)))
 
 
 if __name__ == "__main__":

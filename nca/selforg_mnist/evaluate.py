@@ -169,3 +169,23 @@ def markdown_table(rows: dict[str, dict[str, float]], num_steps: int) -> str:
             f"{s['top_agreement_step']} | {s['agreement_final']:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def evaluation_report(
+    config, params: model.Params, images, labels, label: str, info: dict, *, num_steps: int,
+    variant: str = "restart", **kwargs,
+):  # fmt: skip
+    """`evaluate_model` on one model, as the report `eval_<variant>`: every curve and the summary
+    (JSON), the table (Markdown) and the curves (figure). kwargs: `evaluate`'s options."""
+    from nca import report
+    from nca.selforg_mnist import plots
+
+    curves = evaluate_model(config, params, images, labels, num_steps=num_steps, variant=variant,
+                            **kwargs)  # fmt: skip
+    result = {"model": label, **info, "variant": variant, "num_digits": len(images),
+              "steps": num_steps, "summary": summary(curves, num_steps),
+              "curves": {k: v.tolist() for k, v in curves.items()}}  # fmt: skip
+    table = markdown_table({label: result["summary"]}, num_steps)
+    return report.Report(
+        f"eval_{variant}", result, table, plots.curves_figure({label: curves}, num_steps)
+    )

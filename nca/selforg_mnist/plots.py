@@ -19,6 +19,13 @@ TITLES = {
 
 
 def plot_curves(runs: dict[str, dict[str, np.ndarray]], num_steps: int, path: str | Path) -> None:
+    """`curves_figure`, saved to `path`."""
+    fig = curves_figure(runs, num_steps)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves_figure(runs: dict[str, dict[str, np.ndarray]], num_steps: int):
     """One panel per metric, one line per run; the mutation (after `num_steps`) is marked."""
     fig, axes = plt.subplots(1, len(TITLES), figsize=(4.2 * len(TITLES), 3.4))
     for ax, (metric, title) in zip(axes, TITLES.items(), strict=True):
@@ -36,5 +43,4 @@ def plot_curves(runs: dict[str, dict[str, np.ndarray]], num_steps: int, path: st
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
