@@ -72,7 +72,7 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     c.max_checkpoints_to_keep = 3
 
     c.data = ml_collections.ConfigDict()
-    c.data.mnist_dir = ""  # "" searches $NCA_MNIST_DIR, ./data/mnist, ../shared/data/mnist, tfds
+    c.data.mnist_dir = ""  # "": $NCA_MNIST_DIR, ./data/mnist, ../shared, download; "tfds"
     c.data.max_train_images = 0  # 0: all 60,000
 
     schedules = options & SCHEDULES.keys()
