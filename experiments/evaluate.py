@@ -8,9 +8,10 @@
         --result=workdirs/l2_noise/eval_restart.json --out=eval_all   # compare earlier results
 
 Writes into each workdir `eval_<variant>.json` (every curve and the summary), `eval_<variant>.png`
-and `eval_<variant>.md` (for a pretrained --model, into `<out>/<name>/`); with several models also
-a side-by-side plot and table in --out. `--result` adds an earlier `eval_<variant>.json` to that
-comparison without evaluating it again.
+and `eval_<variant>.md` (for a pretrained --model, into `<out>/<name>/`), and into a workdir's
+`tensorboard/` the summary as scalars `eval/<variant>/...` at its checkpoint step; with several
+models also a side-by-side plot and table in --out. `--result` adds an earlier
+`eval_<variant>.json` to that comparison without evaluating it again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from nca import data, evaluate, plots
+from nca import data, evaluate, plots, tensorboard
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained workdir(s) to evaluate.")
 _MODELS = flags.DEFINE_multi_string(
@@ -97,6 +98,9 @@ def evaluate_one(m: dict, images, labels) -> dict:
         evaluate.markdown_table({m["label"]: result["summary"]}, _STEPS.value)
     )
     plots.plot_curves({m["label"]: curves}, _STEPS.value, stem.with_suffix(".png"))
+    if m["folder"] is not None:  # a workdir: next to its training curves
+        scalars = evaluate.summary_scalars(result["summary"], _STEPS.value, _VARIANT.value)
+        tensorboard.write_summary(m["folder"], m["info"]["checkpoint_step"], scalars)
     return result
 
 

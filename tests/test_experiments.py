@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from nca import checkpoint, evaluate, model, reference
+from nca import checkpoint, evaluate, model, reference, tensorboard
 from tests.conftest import SHARED_MODEL
 from tests.test_cli import run
 
@@ -58,6 +58,11 @@ def test_evaluate_writes_curves_table_and_plot(smoke_workdir, mnist_dir, tmp_pat
     for name in evaluate.CURVES:
         assert len(result["curves"][name]) == 12
     assert 0 <= result["summary"]["agreement_final"] <= 100
+    events = tensorboard.read(tensorboard.logdir(smoke_workdir))
+    scalars = {(tag, step): value for tag, step, value in events}
+    assert scalars[("eval/persist/agreement_at_6", 4)] == pytest.approx(
+        result["summary"]["agreement_final"]
+    )
     table = (tmp_path / "cmp" / "comparison_persist.md").read_text()
     assert table.count("l2_noise:smoke @ 4") == 2 and "top agreement" in table
     assert f"{other.name}: l2_noise:smoke @ 4" in table
