@@ -81,7 +81,6 @@ def fetch(
 
     directory = Path(directory) if directory is not None else cache_dir()
     mirror_list = tuple(mirror_list) if mirror_list is not None else mirrors()
-    pooch.get_logger().setLevel("WARNING")  # it logs every download at INFO
     for name in names:
         failures = []
         for mirror in mirror_list:
