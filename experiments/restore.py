@@ -10,7 +10,8 @@ pooled); digit-ID of the frozen classifier on clean / masked / restored digits; 
 (30 % of lattice cells zeroed after step 5 of 10); FLOPs per sample (XLA's cost analysis beside
 the analytic count); throughput on this machine; trivial baselines (masked input, mean fill);
 the blog's numbers beside ours; report-only noise valleys. Several workdirs of one model (seeds)
-are averaged. Writes `<out>/restore.json`, `restore.md`, `restore.png`.
+are averaged. Writes `<out>/restore.json`, `restore.md`, `restore.png`, and into each workdir's
+`tensorboard/` its scores as scalars `eval/restore/...` at its checkpoint step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from absl import flags
 
 from experiments import cli
-from nca import checkpoint
+from nca import checkpoint, tensorboard
 from nca.hybrid import evaluate, masking
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained restorer workdir(s).")
@@ -58,9 +59,20 @@ def main(argv):
         mnist_dir=_DATA.value,
         progress=_PROGRESS.value,
     )
+    for row in result["models"]:  # each restorer's scores next to its training curves
+        tensorboard.write_summary(row["workdir"], row["checkpoint_step"], summary_scalars(row))
     print((out / "restore.md").read_text())
     print(f"wrote {out / 'restore.json'}, {out / 'restore.md'}, {out / 'restore.png'}")
     return result
+
+
+def summary_scalars(row: dict) -> dict[str, float]:
+    """One restorer's scores (`restore.json` `models` row) as TensorBoard scalars."""
+    scores = {k: row[k] for k in ("psnr", "psnr_hidden", "psnr_pooled", "digit_id",
+                                  "throughput_per_s")}  # fmt: skip
+    if "damaged" in row:  # restorers with a CA
+        scores.update({f"damaged_{k}": row["damaged"][k] for k in ("psnr", "digit_id")})
+    return {f"eval/restore/{k}": float(v) for k, v in scores.items()}
 
 
 if __name__ == "__main__":

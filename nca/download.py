@@ -86,13 +86,14 @@ def fetch(
         for mirror in mirror_list:
             url = mirror.rstrip("/") + "/" + name
             try:
-                pooch.retrieve(
+                path = pooch.retrieve(
                     url,
                     known_hash=f"sha256:{SHA256[name]}",
                     fname=name,
                     path=directory,
                     downloader=_downloader(SHA256[name], progress),
                 )
+                os.chmod(path, 0o644)  # readable like any download, not 0600 like a temporary file
                 break
             except Exception as e:  # noqa: BLE001 - requests, OSError, pooch's hash ValueError
                 failures.append(f"{url} ({_reason(e, name)})")
