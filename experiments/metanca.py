@@ -10,7 +10,8 @@ zero_out:   grow, zero one layer and 30 % of the other weights, keep growing; th
 baseline:   the same MLPs trained by Adam for the same number of steps.
 
 Each writes `<name>.json`, `<name>.md` and (except accuracy) `<name>.png` into --out (default:
-the workdir).
+the workdir), and each rule's numbers into its workdir's `tensorboard/` as scalars
+`eval/metanca_<name>/...` at its checkpoint step.
 
 python -m experiments.metanca --experiment=accuracy,grid,baseline,zero_out \
     --workdir=/root/runs/metanca_mnist --out=docs/metanca/mnist
@@ -32,7 +33,7 @@ from absl import flags
 from tqdm import tqdm
 
 from experiments import cli
-from nca import checkpoint
+from nca import checkpoint, tensorboard
 from nca.metanca import data as metanca_data
 from nca.metanca import evaluate
 from nca.metanca import train as metanca_train
@@ -408,6 +409,17 @@ def main(argv):
         if name == "grid" and m["config"].data.task != "mnist":
             raise cli.InputError("the grid experiment is for MNIST rules.")
         runs[name](m, d, out)
+        write_summaries(name, json.loads((out / f"{name}.json").read_text()))
+
+
+def write_summaries(name: str, result: dict) -> None:
+    """The numbers of each rule in an experiment's result (the result itself, or each of its
+    `runs`, as named by their `source`) into that rule's workdir's TensorBoard folder."""
+    for part in result["runs"].values() if "runs" in result else [result]:
+        source = part.get("source") or {}
+        scalars = {f"eval/metanca_{name}/{k}": v for k, v in part.items() if type(v) is float}
+        if source.get("workdir") and scalars:
+            tensorboard.write_summary(source["workdir"], source["checkpoint_step"], scalars)
 
 
 if __name__ == "__main__":

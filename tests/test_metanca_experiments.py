@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from nca import tensorboard
 from nca.metanca import evaluate
 from tests.conftest import REPO_ROOT
 
@@ -67,3 +68,8 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.md").exists()
     baseline = json.loads((out / "baseline.json").read_text())
     assert [a["arch"] for a in baseline["archs"]] == [[784, 8, 10], [784, 6, 10]]
+    events = tensorboard.read(tensorboard.logdir(workdir))
+    scalars = {(tag, step): value for tag, step, value in events}
+    assert scalars[("eval/metanca_grid/mean", 6)] == pytest.approx(grid["mean"])
+    recovery = zero["runs"]["trained without damage"]["mean_recovery"]
+    assert scalars[("eval/metanca_zero_out/mean_recovery", 6)] == pytest.approx(recovery)
