@@ -12,6 +12,7 @@ never holds a partial or corrupt file. A file already in the cache is used when 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -93,10 +94,12 @@ def fetch(
                     path=directory,
                     downloader=_downloader(SHA256[name], progress),
                 )
-                os.chmod(path, 0o644)  # readable like any download, not 0600 like a temporary file
-                break
             except Exception as e:  # noqa: BLE001 - requests, OSError, pooch's hash ValueError
                 failures.append(f"{url} ({_reason(e, name)})")
+                continue
+            with contextlib.suppress(OSError):  # a shared cache may hold another user's file
+                os.chmod(path, 0o644)  # readable like any download, not 0600 like a temporary file
+            break
         else:
             tried = "; ".join(failures) if failures else "no mirrors configured"
             raise DownloadError(f"could not download {name} into {directory}: {tried}")
