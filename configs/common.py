@@ -96,7 +96,7 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     c.grad_norm_eps = 1e-8  # g / (||g|| + eps), per parameter tensor
 
     c.data = ml_collections.ConfigDict()
-    c.data.mnist_dir = ""  # "" searches $NCA_MNIST_DIR, ./data/mnist, ../shared/data/mnist, tfds
+    c.data.mnist_dir = ""  # "": $NCA_MNIST_DIR, ./data/mnist, ../shared, download; "tfds"
     c.data.max_train_images = 0  # 0: all 60,000
 
     schedules = options & SCHEDULES.keys()

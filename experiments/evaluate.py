@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from nca import data, report
+from nca import data, report, tensorboard
 from nca.selforg_mnist import evaluate, plots
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained workdir(s) to evaluate.")
@@ -86,6 +86,9 @@ def main(argv):
             folder = m["folder"] or Path(_OUT.value or "eval_pretrained") / m["info"]["pretrained"]
             report.write(folder, result, log=quiet, dpi=110, tight=False, indent=None)
             results[m["label"]] = result.data
+            if m["folder"] is not None:  # a workdir: next to its training curves
+                scalars = evaluate.summary_scalars(result.data["summary"], steps, variant)
+                tensorboard.write_summary(m["folder"], m["info"]["checkpoint_step"], scalars)
     results.update({r["model"]: r for r in earlier})
     table = evaluate.markdown_table({n: r["summary"] for n, r in results.items()}, steps)
     digits = sorted({r["num_digits"] for r in results.values()})

@@ -1,13 +1,16 @@
-"""MNIST from a local folder of the original IDX `.gz` files, or from tensorflow-datasets.
+"""MNIST from a local folder of the original IDX `.gz` files, downloaded, or from tfds.
 
 Where the files are looked for, in order:
 1. the `mnist_dir` argument (the config field `data.mnist_dir`), if set, and then nowhere else;
 2. the environment variable `NCA_MNIST_DIR`;
 3. `./data/mnist` and `../shared/data/mnist` (relative to the current directory and to the
    repository root);
-4. tensorflow-datasets (`pip install -e ".[tfds]"`), which downloads on a connected machine.
+4. the download cache, `$NCA_DATA_DIR/mnist` or the user cache folder: files missing there are
+   downloaded from public mirrors and checked by SHA-256 (see `nca.download`).
 
-The IDX path needs only numpy. Images come back as `(N, 28, 28) uint8`, labels `(N,) int32`.
+`mnist_dir="tfds"` (or `NCA_MNIST_DIR=tfds`) takes the data from tensorflow-datasets instead
+(`pip install -e ".[tfds]"`). The IDX path needs only numpy. Images come back as
+`(N, 28, 28) uint8`, labels `(N,) int32`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nca import download
+
 ENV_VAR = "NCA_MNIST_DIR"
+TFDS = "tfds"  # the mnist_dir value that selects tensorflow-datasets
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -85,11 +91,21 @@ def load_mnist_idx(directory: str | os.PathLike, split: str) -> tuple[np.ndarray
 
 
 def _load_tfds(split: str) -> tuple[np.ndarray, np.ndarray]:
-    import tensorflow_datasets as tfds  # optional; heavy
-
-    images, labels = tfds.as_numpy(
-        tfds.load("mnist", split=split, batch_size=-1, as_supervised=True)
-    )
+    try:
+        import tensorflow_datasets as tfds  # optional; heavy
+    except ImportError as e:
+        raise DataError(
+            f'MNIST from {TFDS!r} needs tensorflow-datasets: pip install -e ".[tfds]".'
+        ) from e
+    try:
+        images, labels = tfds.as_numpy(
+            tfds.load("mnist", split=split, batch_size=-1, as_supervised=True)
+        )
+    except Exception as e:  # noqa: BLE001 - tfds raises many kinds when offline
+        raise DataError(
+            f"tensorflow-datasets could not provide the MNIST {split} split "
+            f"({type(e).__name__}: {e})."
+        ) from e
     return images[..., 0].astype(np.uint8), labels.astype(np.int32)
 
 
@@ -97,27 +113,28 @@ def load_mnist(split: str, mnist_dir: str | None = None) -> tuple[np.ndarray, np
     """`split` in {"train", "test"} -> images `(N, 28, 28) uint8`, labels `(N,) int32`."""
     if split not in FILES:
         raise ValueError(f"unknown MNIST split {split!r}; use one of {sorted(FILES)}.")
+    if (mnist_dir or os.environ.get(ENV_VAR)) == TFDS:
+        return _load_tfds(split)
     searched = candidate_dirs(mnist_dir)
     for directory in searched:
         if all((directory / name).exists() for name in FILES[split]):
             return load_mnist_idx(directory, split)
-    if not mnist_dir:
-        try:
-            return _load_tfds(split)
-        except ImportError:
-            pass
-        except Exception as e:  # noqa: BLE001 - tfds raises many kinds when offline
-            raise DataError(
-                f"MNIST {split} split not found in {', '.join(map(str, searched))}, and "
-                f"tensorflow-datasets could not provide it ({type(e).__name__}: {e}). Set "
-                f"{ENV_VAR} to a folder holding {' and '.join(FILES[split])}."
-            ) from e
-    raise DataError(
-        f"MNIST {split} split not found: looked for {' and '.join(FILES[split])} in "
-        f"{', '.join(map(str, searched))}. Set {ENV_VAR} (or --config.data.mnist_dir) to a "
-        f"folder holding the original IDX .gz files, or pip install tensorflow-datasets on a "
-        f"connected machine."
-    )
+    names = " and ".join(FILES[split])
+    if mnist_dir:
+        raise DataError(
+            f"MNIST {split} split not found: looked for {names} in "
+            f"{', '.join(map(str, searched))}. Set {ENV_VAR} (or --config.data.mnist_dir) to a "
+            f"folder holding the original IDX .gz files, or leave both unset to download them."
+        )
+    try:
+        return load_mnist_idx(download.fetch(FILES[split]), split)
+    except download.DownloadError as e:
+        raise DataError(
+            f"MNIST {split} split not found in {', '.join(map(str, searched))}, and {e}. To use "
+            f"local files, put the original IDX .gz files ({names}) in a folder and set "
+            f"{ENV_VAR} or --config.data.mnist_dir to it, or put them in ./data/mnist or "
+            f"{download.cache_dir()}."
+        ) from e
 
 
 def to_grey(images: np.ndarray) -> np.ndarray:

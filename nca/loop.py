@@ -11,15 +11,16 @@ config fields may change on resume. The core keeps no list of systems: adding on
 - iteration `t` uses `fold_in(state.rng, t)` and the batch `sample_batch` draws with a generator
   seeded by `(config.seed, t)`, so a resumed run computes exactly what an uninterrupted one would;
 - resumes from the newest readable checkpoint of `workdir` (see `nca.checkpoint.restore_latest`);
-- writes `metrics.jsonl` every `log_every` iterations (rows after the resumed checkpoint are
-  trimmed first), checkpoints every `checkpoint_every`, at the end and on SIGINT / SIGTERM;
+- writes `metrics.jsonl` and TensorBoard events (`nca.tensorboard`) every `log_every`
+  iterations (rows and events after the resumed checkpoint are trimmed first), checkpoints every
+  `checkpoint_every`, at the end and on SIGINT / SIGTERM;
 - stops with `TrainingError` on a non-finite metric or a failed save, naming the intact checkpoint;
 - holds the workdir's lock throughout.
 
 Multi-process (several hosts, after `jax.distributed.initialize()`): every process runs the same
 loop on the global mesh and takes part in Orbax saves; process 0 alone holds the lock and writes
-`metrics.jsonl`, `config.json` and `config_changes.jsonl`. The workdir must then be on storage
-every host sees.
+`metrics.jsonl`, the TensorBoard events, `config.json` and `config_changes.jsonl`. The workdir
+must then be on storage every host sees.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from nca import checkpoint
+from nca import checkpoint, tensorboard
 from nca import workdir as workdir_lib
 from nca.config import ConfigError
 
@@ -274,6 +275,7 @@ def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | 
             workdir_lib.record_config_changes(workdir, start, changes)
     if primary:
         workdir_lib.trim_metrics(workdir, start)
+        tensorboard.trim(workdir, start)
         checkpoint.write_config_json(workdir, config)
 
     end = config.num_train_steps
@@ -299,7 +301,8 @@ def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | 
     metrics = None
     try:
         metrics_file = workdir / workdir_lib.METRICS_FILE if primary else os.devnull
-        with _StopRequest() as stop, open(metrics_file, "a") as log:
+        events = tensorboard.writer(workdir, start, enabled=primary)
+        with _StopRequest() as stop, open(metrics_file, "a") as log, events as tb:
             for step in range(start, end):
                 batch = sample_batch(trainer.train_data, trainer.batch_size, config.seed, step)
                 key = jax.random.fold_in(state.rng, step)
@@ -318,6 +321,7 @@ def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | 
                     t_last, step_last = now, done
                     log.write(json.dumps(row) + "\n")
                     log.flush()
+                    tb.write(done, {k: v for k, v in row.items() if k != "step"})
                     if "train/loss" in row:
                         bar.set_postfix(loss=f"{row['train/loss']:.4g}")
                 if done % config.checkpoint_every == 0 or done == end or stop.signal_name:

@@ -152,7 +152,8 @@ def _select(mask: jax.Array, a, b):
 def make_train_step(config: ml_collections.ConfigDict):
     """`train_step(state, batch, key) -> (state, metrics)`, pure; batch: `{"x": (B, n_0),
     "y": (B,)}`. metrics: `train/loss`, `train/accuracy` (task net after the unroll, on the
-    batch), per-architecture losses, `train/rule_steps`, `train/discarded`, `train/grad_norm`."""
+    batch), per-architecture losses, `train/rule_steps`, `train/discarded`, `train/grad_norm`,
+    `train/lr`."""
     optimizer = make_optimizer(config)
     arch_list = archs(config.train_archs)
     kwargs = step_kwargs(config)
@@ -216,6 +217,7 @@ def make_train_step(config: ml_collections.ConfigDict):
             "train/accuracy": jnp.mean(jnp.stack([p[2] for p in per_arch])),
             "train/rule_steps": n_active,
             "train/discarded": spike.astype(jnp.float32),
+            "train/lr": jnp.asarray(config.learning_rate, jnp.float32),  # constant
         })  # fmt: skip
         for arch, p in zip(arch_list, per_arch, strict=True):
             metrics[f"train/loss_{arch_name(arch)}"] = p[0]

@@ -155,6 +155,13 @@ def summary(curves: dict[str, np.ndarray], num_steps: int) -> dict[str, float]:
     }
 
 
+def summary_scalars(summary: dict[str, float], num_steps: int, variant: str) -> dict[str, float]:
+    """`summary`'s numbers as TensorBoard scalars, e.g. `eval/restart/accuracy_at_200`."""
+    renamed = {"accuracy_final": f"accuracy_at_{num_steps}",
+               "agreement_final": f"agreement_at_{num_steps}"}  # fmt: skip
+    return {f"eval/{variant}/{renamed.get(k, k)}": float(v) for k, v in summary.items()}
+
+
 def markdown_table(rows: dict[str, dict[str, float]], num_steps: int) -> str:
     """One row per model, the article's columns."""
     lines = [

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from nca import checkpoint, loop
+from nca import checkpoint, loop, tensorboard
 from nca.config import load_config
 from tests.conftest import REPO_ROOT
 
@@ -87,6 +87,11 @@ def test_restore_experiment_writes_table_json_and_figure(trained, mnist_dir, tmp
     assert "PSNR hybrid within 1.5 dB of autoencoder or better" in result["targets"]
     table = (out / "restore.md").read_text()
     assert "| hybrid |" in table and "mean fill (baseline)" in table and "26.7" in table
+    events = tensorboard.read(tensorboard.logdir(trained["hybrid"]))
+    scalars = {(tag, step): value for tag, step, value in events}
+    step = hybrid["checkpoint_step"]
+    assert scalars[("eval/restore/psnr", step)] == pytest.approx(hybrid["psnr"])
+    assert ("eval/restore/damaged_psnr", step) in scalars
 
 
 def test_restore_refuses_a_classifier_as_restorer(trained, mnist_dir):
