@@ -70,6 +70,7 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     c.log_every = 50
     c.checkpoint_every = 500
     c.max_checkpoints_to_keep = 3
+    c.keep_every = 10_000  # checkpoints at multiples survive retention (milestones); 0: off
 
     c.data = ml_collections.ConfigDict()
     c.data.mnist_dir = ""  # "" searches $NCA_MNIST_DIR, ./data/mnist, ../shared/data/mnist, tfds

@@ -97,7 +97,8 @@ def train(
 
     `max_iterations` stops this call early (after that many iterations), as a preemption would.
     Config fields used: num_train_steps, log_every, checkpoint_every, max_checkpoints_to_keep,
-    name. Returns the final train state.
+    keep_every (optional: checkpoints at its multiples survive retention), name. Returns the final
+    train state.
     """
     workdir = Path(workdir)
     primary = jax.process_index() == 0
@@ -137,7 +138,8 @@ def _train(config, workdir: Path, trainer: Trainer, max_iterations: int | None, 
     state = trainer.init_state
     # First, on every process: creating the manager makes the checkpoint folder (and syncs the
     # processes), so all of them then see the same checkpoints.
-    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
+    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep,
+                              keep_period=config.get("keep_every") or None)  # fmt: skip
     start, last_saved = 0, None
     restored = checkpoint.restore_latest(workdir, state, config, log=tqdm.write)
     mngr.reload()  # unreadable checkpoints may have been moved away
