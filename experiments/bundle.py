@@ -33,6 +33,11 @@ _NO_POOL = flags.DEFINE_bool("no_pool", False, "Leave the pool out (the run rest
 _MAX_MB = flags.DEFINE_float(
     "max_mb", bundle.DEFAULT_MAX_BYTES / 1e6, "Leave the pool out if the bundle would be larger."
 )
+_MNIST_DIR = flags.DEFINE_string(
+    "mnist_dir",
+    None,
+    "With --restore: this machine's MNIST folder (default: as training finds it).",
+)
 _KEEP_EVERY = flags.DEFINE_integer(
     "keep_every", None, "Carry the params of checkpoints at multiples of this (default: config's)."
 )
@@ -48,7 +53,7 @@ def main(argv):
     if _RESTORE.value:
         if _OUT.value or _NO_POOL.value:
             raise cli.InputError("--out and --no_pool are for writing a bundle, not --restore.")
-        summary = bundle.restore(_RESTORE.value, _WORKDIR.value)
+        summary = bundle.restore(_RESTORE.value, _WORKDIR.value, mnist_dir=_MNIST_DIR.value)
         restored = summary["bundle"]
         print(bundle.describe(restored))
         print(f"restored step {summary['step']} into {summary['workdir']}; milestones "
@@ -56,7 +61,7 @@ def main(argv):
         if not summary["exact"]:
             print(f"note: the pool was not carried ({summary['pool_note']}); the run continues "
                   f"with a fresh pool: not bit-exact with an uninterrupted run.")  # fmt: skip
-        print("continue with:\n  " + bundle.continue_command(restored.config, _WORKDIR.value))
+        print("continue with:\n  " + bundle.continue_command(summary["config"], _WORKDIR.value))
         return
     out = _OUT.value or f"resume/{Path(_WORKDIR.value).resolve().name}.npz"
     summary = bundle.write(

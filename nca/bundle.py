@@ -270,20 +270,13 @@ def _bytes(text: str) -> np.ndarray:
 
 
 def _write_zip(path: Path, members: dict[str, np.ndarray]) -> int:
-    """Writes an `.npz` (deflated) to a temp file beside `path` and renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-            for name, array in members.items():
-                with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    """Writes `members` as an `.npz` (deflated, synced to disk); returns its size in bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name, array in members.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
     return path.stat().st_size
 
 
@@ -304,6 +297,8 @@ def read(path: str | Path) -> Bundle:
         state = _unpack(meta["leaves"], arrays)
         milestones = {int(m["step"]): _unpack(m["leaves"], arrays) for m in meta["milestones"]}
         files = {name: _text(arrays[member]) for name, member in meta["files"].items()}
+        if set(files) - set(CARRIED_FILES):
+            raise ValueError(f"unexpected files {sorted(set(files) - set(CARRIED_FILES))}")
         if int(np.asarray(state["step"])) != int(meta["step"]):
             raise ValueError(f"its state is at step {int(state['step'])}, its header says "
                              f"{meta['step']}")  # fmt: skip
@@ -389,16 +384,24 @@ def write(
         note = "left out on request (--no_pool)"
     elif pool and not with_pool:
         note = f"left out: {pool_raw / 1e6:.1f} MB raw, far over the {max_bytes / 1e6:g} MB budget"
-    size = _write_zip(out, members(with_pool, note))
-    if with_pool and size > max_bytes:
-        note = f"left out: with it the bundle was {size / 1e6:.2f} MB, over {max_bytes / 1e6:g} MB"
-        with_pool = False
-        size = _write_zip(out, members(with_pool, note))
-    written = read(out)  # what a restore will see, checked against what was read
-    kept = {**core, **(pool if with_pool else {})}
-    if any(written.state[k].tobytes() != v.tobytes() for k, v in kept.items()):
-        out.unlink()
-        raise BundleError(f"{out} did not read back as written; removed it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:  # written beside `out`, read back and checked, then renamed over it
+        size = _write_zip(tmp, members(with_pool, note))
+        if with_pool and size > max_bytes:
+            note = (
+                f"left out: with it the bundle was {size / 1e6:.2f} MB, over {max_bytes / 1e6:g} MB"
+            )
+            with_pool = False
+            size = _write_zip(tmp, members(with_pool, note))
+        written = read(tmp)  # what a restore will see, checked against what was read
+        kept = {**core, **(pool if with_pool else {})}
+        if any(written.state[k].tobytes() != v.tobytes() for k, v in kept.items()):
+            raise BundleError(f"the bundle for {out} did not read back as written; not written.")
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     if size > max_bytes:
         log(f"warning: {out} is {size / 1e6:.2f} MB without a pool, over the "
             f"{max_bytes / 1e6:g} MB budget (params and optimiser state alone).")  # fmt: skip
@@ -456,15 +459,31 @@ def initial_state(config: ml_collections.ConfigDict) -> Any:
     return system.make_trainer(config, loop.make_mesh()).init_state
 
 
-def restore(path: str | Path, workdir: str | Path, log=print) -> dict:
+def restore(path: str | Path, workdir: str | Path, mnist_dir: str | None = None, log=print) -> dict:
     """Unpacks the bundle at `path` into `workdir`, which must have no checkpoint: the state as
     checkpoint `step`, milestones as params-only checkpoints, the config and carried files.
     Everything is read and checked before the workdir is touched. Returns a summary dict (with
-    the read `Bundle` under "bundle")."""
+    the read `Bundle` under "bundle" and the config written under "config").
+
+    `mnist_dir` replaces the config's data folder (another machine's folder, where it does not
+    exist here, is replaced by "": the usual search)."""
     bundle = read(path)
     workdir = Path(workdir)
     config = bundle.config
-    template = initial_state(config)
+    data = config.get("data")
+    if data is not None and "mnist_dir" in data:
+        if mnist_dir is not None:
+            data.mnist_dir = mnist_dir
+        elif data.mnist_dir and not Path(data.mnist_dir).is_dir():
+            log(f"the bundle's data.mnist_dir {data.mnist_dir} is not here; searching the usual "
+                f"places instead (give --mnist_dir=DIR to choose).")  # fmt: skip
+            data.mnist_dir = ""
+    # The structure to restore into; `init_from` (a fine-tuned run's starting point, maybe a
+    # workdir of another session) only decides fresh params, which the bundle replaces.
+    template_config = ml_collections.ConfigDict(config.to_dict())
+    if "init_from" in template_config:
+        template_config.init_from = ""
+    template = initial_state(template_config)
     leaves = dict(bundle.state)
     if not bundle.pool_carried:
         leaves.update({k: np.asarray(v) for k, v in leaves_by_path(template).items() if is_pool(k)})
@@ -493,7 +512,8 @@ def restore(path: str | Path, workdir: str | Path, log=print) -> dict:
         checkpoint.write_config_json(workdir, config)
     return {"workdir": str(workdir), "step": bundle.step, "pool_carried": bundle.pool_carried,
             "exact": bundle.meta["exact"], "pool_note": bundle.meta["pool"]["note"],
-            "milestones": sorted(bundle.milestones), "bundle": bundle}  # fmt: skip
+            "milestones": sorted(bundle.milestones), "bundle": bundle,
+            "config": config}  # fmt: skip
 
 
 def _refuse_used_workdir(workdir: Path) -> None:
@@ -533,7 +553,7 @@ def continue_command(config: ml_collections.ConfigDict, workdir: str | Path) -> 
         current = load_config(name)
     except ConfigError:
         return command + "  (with the config the run was trained with)"
-    skip = {"name", "data.mnist_dir"}  # the name is the flag; the data folder is per machine
+    skip = {"name", "init_from"}  # init_from: a resumed run has its params already
     for field, (saved, now) in checkpoint.config_differences(config.to_dict(), current).items():
         if field in skip or saved is None or now is None:
             continue

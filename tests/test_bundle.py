@@ -74,11 +74,16 @@ def snapshot(workdir):
 
 
 def with_config(source, destination, **changes):
-    """A copy of bundle `source` whose config has `changes`."""
+    """A copy of bundle `source` whose config has `changes` (`data__mnist_dir`: data.mnist_dir)."""
     with np.load(source) as npz:
         members = {k: npz[k] for k in npz.files}
     meta = json.loads(members["meta"].tobytes())
-    meta["config"].update(changes)
+    for key, value in changes.items():
+        *parents, field = key.split("__")
+        node = meta["config"]
+        for parent in parents:
+            node = node[parent]
+        node[field] = value
     members["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     bundle._write_zip(destination, members)
 
@@ -197,6 +202,20 @@ def test_a_bundle_never_replaces_one_of_another_run(small_run, tmp_path):
     with pytest.raises(bundle.BundleError, match=r"another run \(seed: 1 vs 0\)"):
         bundle.write(root / "run", tmp_path / "out.npz")
     assert (tmp_path / "out.npz").read_bytes() == before
+
+
+def test_another_machine_s_data_folder_and_init_from_do_not_stop_a_restore(
+    small_run, mnist_dir, tmp_path
+):
+    _, root = small_run
+    moved = tmp_path / "moved.npz"  # as written on Colab, from a fine-tuned run
+    with_config(root / "run.npz", moved, data__mnist_dir="/content/mnist", init_from="/content/wd")
+    summary = bundle.restore(moved, tmp_path / "here", mnist_dir=str(mnist_dir))
+    assert json.loads((tmp_path / "here" / "config.json").read_text())["data"]["mnist_dir"] == str(
+        mnist_dir
+    )
+    command = bundle.continue_command(summary["config"], tmp_path / "here")
+    assert f"--config.data.mnist_dir={mnist_dir}" in command and "init_from" not in command
 
 
 def test_the_command_writes_describes_and_restores(small_run, tmp_path):
