@@ -329,9 +329,10 @@ def write(
     """Writes the bundle of `workdir`'s newest readable checkpoint to `out` (atomically).
 
     Milestones: the params of every checkpoint at a multiple of `keep_every` (default: the
-    config's), and those an older bundle of the same run at `out` carried (so milestones that
-    retention or a session boundary removed from the workdir stay). The pool is left out with
-    `drop_pool`, or when the bundle would exceed `max_bytes` with it. Returns a summary dict.
+    config's), and those an older bundle of the same run at `out` carried or was at (so
+    milestones that retention or a session boundary removed from the workdir stay). The pool
+    is left out with `drop_pool`, or when the bundle would exceed `max_bytes` with it. Returns a
+    summary dict.
     """
     workdir, out = Path(workdir), Path(out)
     config, state, step = checkpoint.load_state(workdir, log=log)
@@ -342,6 +343,9 @@ def write(
 
     keep_every = keep_every if keep_every is not None else config.get("keep_every") or 0
     milestones = dict(previous.milestones) if previous is not None else {}
+    if previous is not None and keep_every and previous.step % keep_every == 0:
+        milestones[previous.step] = {k: v for k, v in previous.state.items()
+                                     if k.startswith("params/")}  # fmt: skip
     for s in checkpoint.all_steps(workdir) if keep_every else []:
         if s % keep_every == 0 and s < step and s not in milestones:
             _, params, _ = checkpoint.load_params(workdir, s, log=log)

@@ -262,6 +262,14 @@ def test_milestone_params_survive_retention_and_session_boundaries(mnist_dir, tm
     carried = bundle.read(tmp_path / "run.npz").milestones[4]
     assert_same_bits(carried, {"params": wanted[4]})
 
+    # A bundle written at a milestone step carries it on once the workdir has moved past it.
+    train(config, tmp_path / "c", max_iterations=8)
+    assert bundle.write(tmp_path / "c", tmp_path / "c.npz")["milestones"] == [4]
+    train(config, tmp_path / "c")
+    for step in (4, 8):
+        shutil.rmtree(tmp_path / "c" / "checkpoints" / str(step))
+    assert bundle.write(tmp_path / "c", tmp_path / "c.npz")["milestones"] == [4, 8]
+
 
 # --------------------------------------------------------------------------------------------
 # Other systems
