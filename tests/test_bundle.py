@@ -2,6 +2,7 @@
 uninterrupted one does; bad bundles fail with one clear error and touch nothing; milestone params
 survive retention and session boundaries; a pool left out restarts, and every report says so."""
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -12,9 +13,7 @@ import numpy as np
 import pytest
 
 from nca import bundle, checkpoint, loop
-from nca import train as selforg_train
 from nca.config import load_config
-from nca.hybrid import train as hybrid_train
 from nca.metanca import train as metanca_train
 from tests.conftest import REPO_ROOT
 
@@ -26,7 +25,7 @@ BOOKKEEPING = ("name", "log_every", "checkpoint_every", "max_checkpoints_to_keep
 @pytest.fixture(scope="module", autouse=True)
 def shared_compiles():
     with pytest.MonkeyPatch.context() as mp:
-        for system in (selforg_train, metanca_train, hybrid_train):
+        for system in map(importlib.import_module, loop.SYSTEMS.values()):
             original, cache = system.make_train_step, {}
 
             def make_train_step(config, *args, _original=original, _cache=cache):
