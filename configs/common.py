@@ -36,7 +36,12 @@ def parse_options(
 
 
 def base_config(
-    kind: str, *, log_every: int, checkpoint_every: int, max_checkpoints_to_keep: int
+    kind: str,
+    *,
+    log_every: int,
+    checkpoint_every: int,
+    max_checkpoints_to_keep: int,
+    keep_every: int = 0,
 ) -> ml_collections.ConfigDict:
     """The fields every config has, declared once: the name, the seed, `model.kind` (which
     system trains it: `nca.<kind>`) and the core loop's bookkeeping."""
@@ -48,6 +53,7 @@ def base_config(
     c.log_every = log_every
     c.checkpoint_every = checkpoint_every
     c.max_checkpoints_to_keep = max_checkpoints_to_keep
+    c.keep_every = keep_every  # checkpoints at its multiples survive retention (milestones); 0: off
     return c
 
 
@@ -71,7 +77,10 @@ def apply_smoke(c: ml_collections.ConfigDict, options: set[str], **fields) -> No
 def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_collections.ConfigDict:
     """The article's training setup (its notebook), with `loss` and residual `noise_std`."""
     options = parse_options(arg)
-    c = base_config("selforg_mnist", log_every=50, checkpoint_every=500, max_checkpoints_to_keep=3)
+    c = base_config(
+        "selforg_mnist", log_every=50, checkpoint_every=500, max_checkpoints_to_keep=3,
+        keep_every=10_000,
+    )  # fmt: skip
     c.model.fire_rate = 0.5
     c.model.noise_std = noise_std
     # How the CA is computed (same function; see nca/fast.py): auto | conv | im2col | alive.

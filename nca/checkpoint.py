@@ -28,13 +28,27 @@ def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).resolve() / CHECKPOINT_SUBDIR
 
 
-def manager(workdir: str | Path, max_to_keep: int = 3, read_only: bool = False):
-    """An Orbax `CheckpointManager` for `workdir/checkpoints` (created unless read_only)."""
+def manager(
+    workdir: str | Path,
+    max_to_keep: int | None = 3,
+    read_only: bool = False,
+    keep_period: int | None = None,
+):
+    """An Orbax `CheckpointManager` for `workdir/checkpoints` (created unless read_only).
+
+    Retention keeps the newest `max_to_keep` checkpoints (all if None) and, with `keep_period`,
+    every checkpoint whose step is a multiple of it (milestones; `keep_every` in the configs).
+    """
+    retention = {"max_to_keep": max_to_keep}
+    if keep_period and not read_only:  # Orbax's replacement for the deprecated keep_period=
+        policies = ocp.checkpoint_managers
+        retention = {"preservation_policy": policies.AnyPreservationPolicy(
+            [policies.LatestN(max_to_keep), policies.EveryNSteps(keep_period)])}  # fmt: skip
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
         create=not read_only,
         read_only=read_only,
         cleanup_tmp_directories=not read_only,  # partial saves of a killed run
+        **retention,
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
@@ -64,8 +78,9 @@ def save_params(workdir: str | Path, params: Any, config: ml_collections.ConfigD
 # config_changes.jsonl). A system adds its own (`Trainer.resumable`); any other difference to the
 # checkpoint's config makes it another experiment, and resuming is refused.
 RESUMABLE_CHANGES = frozenset(
-    {"name", "log_every", "checkpoint_every", "max_checkpoints_to_keep", "num_train_steps"}
-)
+    {"name", "log_every", "checkpoint_every", "max_checkpoints_to_keep", "keep_every",
+     "num_train_steps"}
+)  # fmt: skip
 UNREADABLE_SUBDIR = "unreadable_checkpoints"
 
 
@@ -182,13 +197,21 @@ def _quiet_orbax():
         logging.set_verbosity(verbosity)
 
 
-@_quiet_orbax()
 def load_params(workdir: str | Path, step: int | None = None, log=print):
     """Rebuilds a trained model from its workdir alone: returns `(config, params, step)`.
 
     `step=None` takes the newest readable checkpoint (saying which newer ones are unreadable).
     Params come back as numpy arrays, in the layout of the system's model.
     """
+    config, state, step = load_state(workdir, step, log)
+    return config, state["params"], step
+
+
+@_quiet_orbax()
+def load_state(workdir: str | Path, step: int | None = None, log=print):
+    """The whole saved train state, without a target: returns `(config, state, step)`, the
+    state as numpy arrays in nested dicts and lists (a dataclass or named tuple becomes a dict
+    of its fields). `step` as in `load_params`."""
     mngr, newest = _open(workdir, step)
     candidates = [newest] if step is not None else sorted(mngr.all_steps(), reverse=True)
     errors = []
@@ -202,7 +225,7 @@ def load_params(workdir: str | Path, step: int | None = None, log=print):
                 ),
             )
             config = ml_collections.ConfigDict(restored.config)
-            params = jax.device_get(restored.state["params"])
+            state = jax.device_get(restored.state)
         except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
             errors.append(
                 f"cannot read checkpoint {candidate}: {type(e).__name__}: {_first_line(e)}"
@@ -210,7 +233,7 @@ def load_params(workdir: str | Path, step: int | None = None, log=print):
             continue
         for error in errors:
             log(f"warning: {error}; using checkpoint {candidate} instead.")
-        return config, params, candidate
+        return config, state, candidate
     raise CheckpointError(f"no readable checkpoint in {mngr.directory}: {'; '.join(errors)}")
 
 
@@ -240,6 +263,31 @@ def _open(workdir: str | Path, step: int | None):
     elif step not in steps:
         raise CheckpointError(f"no checkpoint for step {step} in {directory}; it has {steps}.")
     return mngr, step
+
+
+def all_steps(workdir: str | Path) -> list[int]:
+    """The steps of `workdir`'s checkpoints, oldest first ([] without a checkpoint folder)."""
+    if not checkpoint_dir(workdir).is_dir():
+        return []
+    with _quiet_orbax():
+        mngr = manager(workdir, read_only=True)
+        try:
+            return sorted(mngr.all_steps())
+        finally:
+            mngr.close()
+
+
+def write_checkpoints(workdir: str | Path, checkpoints: list[tuple[int, Any]], config) -> None:
+    """Saves `(step, state)` pairs with `config` as checkpoints of `workdir`, keeping them all,
+    and waits until they are written."""
+    with _quiet_orbax():
+        mngr = manager(workdir, max_to_keep=None)
+        try:
+            for step, state in sorted(checkpoints, key=lambda c: c[0]):
+                save(mngr, step, state, config)
+            mngr.wait_until_finished()
+        finally:
+            mngr.close()
 
 
 def write_config_json(workdir: str | Path, config: ml_collections.ConfigDict) -> None:

@@ -219,7 +219,8 @@ def train(
     The trainer is built before anything is written, so a config it rejects (`ConfigError`) or
     missing data leaves no workdir behind. `max_iterations` stops this call early (after that
     many iterations), as a preemption would. Config fields used: seed, num_train_steps,
-    log_every, checkpoint_every, max_checkpoints_to_keep, name. Returns the final train state.
+    log_every, checkpoint_every, max_checkpoints_to_keep, keep_every (optional: checkpoints at its
+    multiples survive retention), name. Returns the final train state.
     """
     workdir = Path(workdir)
     mesh = make_mesh()
@@ -261,7 +262,8 @@ def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | 
     state, train_step = compile_trainer(trainer, mesh)
     # First, on every process: creating the manager makes the checkpoint folder (and syncs the
     # processes), so all of them then see the same checkpoints.
-    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep)
+    mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep,
+                              keep_period=config.get("keep_every") or None)  # fmt: skip
     start, last_saved = 0, None
     restored = checkpoint.restore_latest(
         workdir, state, config, log=tqdm.write, resumable=trainer.resumable
