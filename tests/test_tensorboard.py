@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nca import checkpoint, tensorboard, train
-from tests.test_train import tiny_config
+from tests.selforg_mnist.test_train import tiny_config
 
 
 def test_trim_drops_later_steps_and_a_torn_record(tmp_path):
