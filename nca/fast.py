@@ -152,16 +152,15 @@ def table_sizes(num_cells: int, capacity_fraction: float, num_buckets: int) -> t
 def _geometry(state: jax.Array, rows: int) -> dict[str, jax.Array]:
     """Index tables of the alive cells of `state` (`(B, H, W, C)`) in a table of `rows` rows.
 
-    The rollout's buffer is `[table; grid]`: `rows` table rows (the alive cells in row-major
-    order, then unused rows that stay as they are and never fire), then the zero-padded grid
-    `(B*(H+2)*(W+2), C)` as it was at the start: dead cells never change, so a dead neighbour is
-    read from there. The alive cells' copies there are never read.
+    Table rows `[0, num_alive)` are the alive cells in row-major order; the rest are unused:
+    they read only zeros and never fire.
     - grid: `(rows,)` flat index of each row's cell in `(B*H*W)` (out of range if unused);
-    - neighbours: `(rows, 9)` buffer row of each 3x3 neighbour, in the kernel's order;
+    - neighbours: `(rows, 9)` table row of each 3x3 neighbour (kernel order) if it is alive,
+      else `rows` (out of range: reads 0; the neighbour's state is in `_constant_patches`);
     - inverse: `(rows, 9)`: `inverse[j, n] = k*9 + n` if table row j is neighbour n of table
       row k, else `rows*9` (a zero slot): the neighbour gather's transpose as a gather;
-    - padded: `(rows, 9)` flat index of each neighbour in the padded grid (out of range if
-      unused).
+    - padded: `(rows, 9)` flat index of each neighbour in the zero-padded
+      `(B*(H+2)*(W+2))` grid (out of range if unused).
     """
     b, h, w, _ = state.shape
     hp, wp = h + 2, w + 2
@@ -169,11 +168,10 @@ def _geometry(state: jax.Array, rows: int) -> dict[str, jax.Array]:
     alive = alive.reshape(-1)  # the zero border is never alive
     cells = jnp.nonzero(alive, size=rows, fill_value=alive.size)[0]
     in_use = cells < alive.size
-    row_of_cell = rows + jnp.arange(alive.size, dtype=jnp.int32)  # dead: the grid's copy
+    row_of_cell = jnp.full(alive.size, rows, jnp.int32)
     row_of_cell = row_of_cell.at[cells].set(jnp.arange(rows, dtype=jnp.int32), mode="drop")
     offsets = jnp.array([dy * wp + dx for dy, dx in OFFSETS])
     padded = jnp.where(in_use[:, None], cells[:, None] + offsets, alive.size)
-    # Unused rows read the padded grid's first cell (a zero border cell).
     neighbours = row_of_cell.at[padded].get(mode="fill", fill_value=rows)
     opposite = neighbours[:, ::-1]
     inverse = jnp.where(opposite < rows, opposite * 9 + jnp.arange(9), rows * 9)
@@ -183,12 +181,20 @@ def _geometry(state: jax.Array, rows: int) -> dict[str, jax.Array]:
     return {"grid": grid, "neighbours": neighbours, "inverse": inverse, "padded": padded}
 
 
-def _to_buffer(state: jax.Array, geo) -> jax.Array:
-    """`(rows + B*(H+2)*(W+2), C)`: the alive cells' table, then the padded grid."""
+def _constant_patches(state: jax.Array, geo) -> jax.Array:
+    """`(rows, 9, C)`: what of each row's 3x3 neighbourhood never changes in a rollout: every
+    neighbour's grey pixel and the whole state of dead neighbours (0 elsewhere)."""
     c = state.shape[-1]
-    table = state.reshape(-1, c).at[geo["grid"]].get(mode="fill", fill_value=0.0)
-    grid = jnp.pad(state, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
-    return jnp.concatenate([table, grid])
+    flat = jnp.pad(state, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
+    patches = flat.at[geo["padded"]].get(mode="fill", fill_value=0.0)
+    dead = (geo["neighbours"] >= geo["grid"].shape[0])[..., None]
+    return jnp.where(dead | (jnp.arange(c) == 0), patches, 0.0)
+
+
+def _to_table(state: jax.Array, geo) -> jax.Array:
+    """`(rows, C)`: the alive cells' mutable channels, channel 0 (grey) kept at 0."""
+    table = state.reshape(-1, state.shape[-1]).at[geo["grid"]].get(mode="fill", fill_value=0.0)
+    return table.at[:, 0].set(0.0)
 
 
 def _to_grid(state: jax.Array, table: jax.Array, geo) -> jax.Array:
@@ -211,10 +217,13 @@ def _step_randomness(key_t, state, geo, fire_rate, noise_std, exact_randomness):
     return fire & (geo["grid"] < state[..., 0].size), noise
 
 
-def _mlp_forward(params, kernel, buffer, neighbours):
+def _mlp_forward(params, kernel, table, const, neighbours):
     """Every table row's update `(rows, 19)`, and the activations the backward pass needs."""
     rows = neighbours.shape[0]
-    patches = buffer[neighbours].reshape(rows, -1)  # (rows, 180): one gather for all 9
+    # (rows, 180): one gather for all 9 neighbours; `x + 0` is exact, so these are the patches
+    # of `perceive_im2col` bit for bit.
+    patches = table.at[neighbours].get(mode="fill", fill_value=0.0) + const
+    patches = patches.reshape(rows, -1)
     pre = patches @ kernel + params["perceive"]["bias"]
     perception = jax.nn.relu(pre)
     hidden_pre = perception @ params["hidden"]["kernel"] + params["hidden"]["bias"]
@@ -230,17 +239,17 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     masks `(num_steps, keep)`, zero-padded to `keep` rows (the backward pass recomputes each
     step's activations from them)."""
     geo = _geometry(state, rows)
+    const = _constant_patches(state, geo)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
 
     def body(carry, t):
-        buffer, grid = carry
+        table, grid = carry
         fire, noise = _step_randomness(
             jax.random.fold_in(key, t), state, geo, fire_rate, noise_std, exact_randomness
         )
-        ds, _ = _mlp_forward(params, kernel, buffer, geo["neighbours"])
-        table = buffer[:rows]
+        ds, _ = _mlp_forward(params, kernel, table, const, geo["neighbours"])
         update = jnp.where(fire[:, None], ds + noise, 0.0)
-        new = jax.lax.dynamic_update_slice(buffer, table[:, 1:] + update, (0, 1))
+        new = table + jnp.pad(update, ((0, 0), (1, 0)))
         out = {}
         if observe is not None:
             new_grid = _to_grid(grid, new[:rows], geo)
@@ -251,9 +260,9 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
             out["fire"] = jnp.pad(fire, (0, keep - rows))
         return (new, grid), out
 
-    init = (_to_buffer(state, geo), state if observe is not None else None)
-    (buffer, _), out = jax.lax.scan(body, init, jnp.arange(num_steps))
-    final = _to_grid(state, buffer[:rows], geo)
+    init = (_to_table(state, geo), state if observe is not None else None)
+    (table, _), out = jax.lax.scan(body, init, jnp.arange(num_steps))
+    final = _to_grid(state, table, geo)
     return final, out.get("observed"), out.get("table"), out.get("fire")
 
 
@@ -263,7 +272,7 @@ def _table_backward(params, state, rows, tables, fires, g_final):
     geo = _geometry(state, rows)
     tables, fires = tables[:, :rows], fires[:, :rows]
     c = state.shape[-1]
-    buffer, to_buffer_vjp = jax.vjp(lambda s: _to_buffer(s, geo), state)
+    const, const_vjp = jax.vjp(lambda s: _constant_patches(s, geo), state)
     _, to_grid_vjp = jax.vjp(lambda s, t: _to_grid(s, t, geo), state, tables[0])
     g_state, g_table = to_grid_vjp(g_final)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
@@ -274,7 +283,7 @@ def _table_backward(params, state, rows, tables, fires, g_final):
         g_table, acc = carry
         table, fire = xs
         _, (patches, pre, perception, hidden_pre, hidden) = _mlp_forward(
-            params, kernel, jax.lax.dynamic_update_slice(buffer, table, (0, 0)), geo["neighbours"]
+            params, kernel, table, const, geo["neighbours"]
         )
         g_ds = jnp.where(fire[:, None], g_table[:, 1:], 0.0)
         g_hidden_pre = jnp.where(hidden_pre > 0, g_ds @ output_k.T, 0.0)
@@ -290,7 +299,7 @@ def _table_backward(params, state, rows, tables, fires, g_final):
             "hidden_bias": acc["hidden_bias"] + g_hidden_pre.sum(0),
             "perceive": acc["perceive"] + patches.T @ g_pre,
             "perceive_bias": acc["perceive_bias"] + g_pre.sum(0),
-            "slots": acc["slots"] + g_patches[:-1],  # for the dead neighbours' cotangent
+            "slots": acc["slots"] + g_patches[:-1],  # for the constant patches' cotangent
         }
         return (g_table, acc), None
 
@@ -304,13 +313,9 @@ def _table_backward(params, state, rows, tables, fires, g_final):
         "slots": jnp.zeros((rows * 9, c), state.dtype),
     }
     (g_table, acc), _ = jax.lax.scan(body, (g_table, zeros), (tables, fires), reverse=True)
-    # The padded grid's part of the buffer: what dead neighbours (and the border) received.
-    dead = (geo["neighbours"] >= rows).reshape(-1, 1)
-    g_grid = jnp.zeros((buffer.shape[0] - rows, c), state.dtype)
-    g_grid = g_grid.at[geo["padded"].reshape(-1)].add(
-        jnp.where(dead, acc["slots"], 0.0), mode="drop"
-    )
-    (g_state_buffer,) = to_buffer_vjp(jnp.concatenate([g_table, g_grid]))
+    (g_state_const,) = const_vjp(acc["slots"].reshape(const.shape))
+    _, to_table_vjp = jax.vjp(lambda s: _to_table(s, geo), state)
+    (g_state_table,) = to_table_vjp(g_table)
     g_params = {
         "perceive": {
             "kernel": acc["perceive"].reshape(params["perceive"]["kernel"].shape),
@@ -319,7 +324,7 @@ def _table_backward(params, state, rows, tables, fires, g_final):
         "hidden": {"kernel": acc["hidden"], "bias": acc["hidden_bias"]},
         "output": {"kernel": acc["output"], "bias": acc["output_bias"]},
     }
-    return g_params, g_state + g_state_buffer
+    return g_params, g_state + g_state_const + g_state_table
 
 
 def _bucket(state, sizes):
