@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from nca.selforg_mnist import model
 
-IMPLS = ("auto", "conv", "im2col", "alive")
+IMPLS = ("auto", "conv", "im2col", "alive", "table")
 DEFAULT_CAPACITY_FRACTION = 0.22  # MNIST: 17.4 % of cells alive on average, 44 % at most
 
 
@@ -55,7 +55,7 @@ def resolve_impl(impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"unknown CA implementation {impl!r}; choose one of {IMPLS}.")
     if impl == "auto":
-        return "alive" if jax.default_backend() == "cpu" else "conv"
+        return "table" if jax.default_backend() == "cpu" else "conv"
     return impl
 
 
@@ -127,6 +127,313 @@ def alive_rollout(
     return jax.lax.cond(num_alive <= capacity, sparse, dense, state)
 
 
+# --------------------------------------------------------------------------------------------
+# `table`: the alive cells in a compact table, hand-written backward pass
+
+
+OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))  # the kernel's order
+DEFAULT_BUCKETS = 6  # table sizes: the capacity x 0.9**i, i < DEFAULT_BUCKETS
+BUCKET_RATIO = 0.9
+ROW_ALIGN = 64
+
+
+def table_sizes(num_cells: int, capacity_fraction: float, num_buckets: int) -> tuple[int, ...]:
+    """The static table sizes (rows) `table` compiles, smallest first: `capacity_fraction` of
+    the cells, then x0.9 each, rounded up to 64 rows (fewer if they coincide)."""
+    top = max(1, min(num_cells, int(num_cells * capacity_fraction)))
+    sizes = {top}
+    for i in range(1, num_buckets):
+        size = -(-int(top * BUCKET_RATIO**i) // ROW_ALIGN) * ROW_ALIGN
+        if size < top:
+            sizes.add(size)
+    return tuple(sorted(sizes))
+
+
+def _geometry(state: jax.Array, rows: int) -> dict[str, jax.Array]:
+    """Index tables of the alive cells of `state` (`(B, H, W, C)`) in a table of `rows` rows.
+
+    Table rows `[0, num_alive)` are the alive cells in row-major order; the rest are unused:
+    they read only zeros and never fire.
+    - grid: `(rows,)` flat index of each row's cell in `(B*H*W)` (out of range if unused);
+    - neighbours: `(rows, 9)` table row of each 3x3 neighbour (kernel order) if it is alive,
+      else `rows` (out of range: reads 0; the neighbour's state is in `_constant_patches`);
+    - inverse: `(rows, 9)`: `inverse[j, n] = k*9 + n` if table row j is neighbour n of table
+      row k, else `rows*9` (a zero slot): the neighbour gather's transpose as a gather;
+    - padded: `(rows, 9)` flat index of each neighbour in the zero-padded
+      `(B*(H+2)*(W+2))` grid (out of range if unused).
+    """
+    b, h, w, _ = state.shape
+    hp, wp = h + 2, w + 2
+    alive = jnp.pad(state[..., 0] > model.ALIVE_THRESHOLD, ((0, 0), (1, 1), (1, 1)))
+    alive = alive.reshape(-1)  # the zero border is never alive
+    cells = jnp.nonzero(alive, size=rows, fill_value=alive.size)[0]
+    in_use = cells < alive.size
+    row_of_cell = jnp.full(alive.size, rows, jnp.int32)
+    row_of_cell = row_of_cell.at[cells].set(jnp.arange(rows, dtype=jnp.int32), mode="drop")
+    offsets = jnp.array([dy * wp + dx for dy, dx in OFFSETS])
+    padded = jnp.where(in_use[:, None], cells[:, None] + offsets, alive.size)
+    neighbours = row_of_cell.at[padded].get(mode="fill", fill_value=rows)
+    opposite = neighbours[:, ::-1]
+    inverse = jnp.where(opposite < rows, opposite * 9 + jnp.arange(9), rows * 9)
+    image, rest = jnp.divmod(cells, hp * wp)
+    row, col = jnp.divmod(rest, wp)
+    grid = jnp.where(in_use, (image * h + row - 1) * w + col - 1, b * h * w)
+    return {"grid": grid, "neighbours": neighbours, "inverse": inverse, "padded": padded}
+
+
+def _constant_patches(state: jax.Array, geo) -> jax.Array:
+    """`(rows, 9, C)`: what of each row's 3x3 neighbourhood never changes in a rollout: every
+    neighbour's grey pixel and the whole state of dead neighbours (0 elsewhere)."""
+    c = state.shape[-1]
+    flat = jnp.pad(state, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
+    patches = flat.at[geo["padded"]].get(mode="fill", fill_value=0.0)
+    dead = (geo["neighbours"] >= geo["grid"].shape[0])[..., None]
+    return jnp.where(dead | (jnp.arange(c) == 0), patches, 0.0)
+
+
+def _to_table(state: jax.Array, geo) -> jax.Array:
+    """`(rows, C)`: the alive cells' mutable channels, channel 0 (grey) kept at 0."""
+    table = state.reshape(-1, state.shape[-1]).at[geo["grid"]].get(mode="fill", fill_value=0.0)
+    return table.at[:, 0].set(0.0)
+
+
+def _to_grid(state: jax.Array, table: jax.Array, geo) -> jax.Array:
+    """`state` with the alive cells' mutable channels from `table` (`(rows, C)`)."""
+    flat = state.reshape(-1, state.shape[-1])
+    return flat.at[geo["grid"], 1:].set(table[:, 1:], mode="drop").reshape(state.shape)
+
+
+def _step_randomness(key_t, state, geo, fire_rate, noise_std, exact_randomness):
+    """The fire mask `(rows,)` and noise `(rows, 19)` of one step (False on unused rows)."""
+    rows = geo["grid"].shape[0]
+    if exact_randomness:
+        fire, noise = model.draw_step_randomness(key_t, state.shape, fire_rate, noise_std)
+        # Unused rows read a clamped index: they never fire.
+        fire = fire.reshape(-1)[geo["grid"]]
+        noise = noise.reshape(-1, model.NUM_MUTABLE)[geo["grid"]]
+    else:  # the numbers `alive` draws (a prefix of them: same key, fewer rows)
+        fire, noise = model.draw_step_randomness(key_t, (rows, 1), fire_rate, noise_std)
+        fire = fire[:, 0]
+    return fire & (geo["grid"] < state[..., 0].size), noise
+
+
+def _mlp_forward(params, kernel, table, const, neighbours):
+    """Every table row's update `(rows, 19)`, and the activations the backward pass needs."""
+    rows = neighbours.shape[0]
+    # (rows, 180): one gather for all 9 neighbours; `x + 0` is exact, so these are the patches
+    # of `perceive_im2col` bit for bit.
+    patches = table.at[neighbours].get(mode="fill", fill_value=0.0) + const
+    patches = patches.reshape(rows, -1)
+    pre = patches @ kernel + params["perceive"]["bias"]
+    perception = jax.nn.relu(pre)
+    hidden_pre = perception @ params["hidden"]["kernel"] + params["hidden"]["bias"]
+    hidden = jax.nn.relu(hidden_pre)
+    ds = hidden @ params["output"]["kernel"] + params["output"]["bias"]
+    return ds, (patches, pre, perception, hidden_pre, hidden)
+
+
+def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, exact_randomness,
+                   observe=None, keep=0):  # fmt: skip
+    """`num_steps` steps with a table of `rows` rows. Returns the final state, the stacked
+    observations and, if `keep`, the table before each step `(num_steps, keep, C)` and the fire
+    masks `(num_steps, keep)`, zero-padded to `keep` rows (the backward pass recomputes each
+    step's activations from them)."""
+    geo = _geometry(state, rows)
+    const = _constant_patches(state, geo)
+    kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
+
+    def body(carry, t):
+        table, grid = carry
+        fire, noise = _step_randomness(
+            jax.random.fold_in(key, t), state, geo, fire_rate, noise_std, exact_randomness
+        )
+        ds, _ = _mlp_forward(params, kernel, table, const, geo["neighbours"])
+        update = jnp.where(fire[:, None], ds + noise, 0.0)
+        new = table + jnp.pad(update, ((0, 0), (1, 0)))
+        out = {}
+        if observe is not None:
+            new_grid = _to_grid(grid, new[:rows], geo)
+            out["observed"] = observe(grid, new_grid)
+            grid = new_grid
+        if keep:
+            out["table"] = jnp.pad(table, ((0, keep - rows), (0, 0)))
+            out["fire"] = jnp.pad(fire, (0, keep - rows))
+        return (new, grid), out
+
+    init = (_to_table(state, geo), state if observe is not None else None)
+    (table, _), out = jax.lax.scan(body, init, jnp.arange(num_steps))
+    final = _to_grid(state, table, geo)
+    return final, out.get("observed"), out.get("table"), out.get("fire")
+
+
+def _table_backward(params, state, rows, tables, fires, g_final):
+    """Cotangents of params and state for `_table_forward`'s final state, one step at a time
+    backwards, recomputing each step's activations from the stored table."""
+    geo = _geometry(state, rows)
+    tables, fires = tables[:, :rows], fires[:, :rows]
+    c = state.shape[-1]
+    const, const_vjp = jax.vjp(lambda s: _constant_patches(s, geo), state)
+    _, to_grid_vjp = jax.vjp(lambda s, t: _to_grid(s, t, geo), state, tables[0])
+    g_state, g_table = to_grid_vjp(g_final)
+    kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
+    hidden_k, output_k = params["hidden"]["kernel"], params["output"]["kernel"]
+    zero_slot = jnp.zeros((1, c), state.dtype)
+
+    def body(carry, xs):
+        g_table, acc = carry
+        table, fire = xs
+        _, (patches, pre, perception, hidden_pre, hidden) = _mlp_forward(
+            params, kernel, table, const, geo["neighbours"]
+        )
+        g_ds = jnp.where(fire[:, None], g_table[:, 1:], 0.0)
+        g_hidden_pre = jnp.where(hidden_pre > 0, g_ds @ output_k.T, 0.0)
+        g_pre = jnp.where(pre > 0, g_hidden_pre @ hidden_k.T, 0.0)
+        g_patches = jnp.concatenate([(g_pre @ kernel.T).reshape(rows * 9, c), zero_slot])
+        # The neighbour gather's transpose, as a gather: table row j collects slot (k, n) of
+        # each table row k whose neighbour n it is.
+        g_table = g_table + g_patches[geo["inverse"]].sum(axis=1)
+        acc = {
+            "output": acc["output"] + hidden.T @ g_ds,
+            "output_bias": acc["output_bias"] + g_ds.sum(0),
+            "hidden": acc["hidden"] + perception.T @ g_hidden_pre,
+            "hidden_bias": acc["hidden_bias"] + g_hidden_pre.sum(0),
+            "perceive": acc["perceive"] + patches.T @ g_pre,
+            "perceive_bias": acc["perceive_bias"] + g_pre.sum(0),
+            "slots": acc["slots"] + g_patches[:-1],  # for the constant patches' cotangent
+        }
+        return (g_table, acc), None
+
+    zeros = {
+        "output": jnp.zeros_like(output_k),
+        "output_bias": jnp.zeros_like(params["output"]["bias"]),
+        "hidden": jnp.zeros_like(hidden_k),
+        "hidden_bias": jnp.zeros_like(params["hidden"]["bias"]),
+        "perceive": jnp.zeros_like(kernel),
+        "perceive_bias": jnp.zeros_like(params["perceive"]["bias"]),
+        "slots": jnp.zeros((rows * 9, c), state.dtype),
+    }
+    (g_table, acc), _ = jax.lax.scan(body, (g_table, zeros), (tables, fires), reverse=True)
+    (g_state_const,) = const_vjp(acc["slots"].reshape(const.shape))
+    _, to_table_vjp = jax.vjp(lambda s: _to_table(s, geo), state)
+    (g_state_table,) = to_table_vjp(g_table)
+    g_params = {
+        "perceive": {
+            "kernel": acc["perceive"].reshape(params["perceive"]["kernel"].shape),
+            "bias": acc["perceive_bias"],
+        },
+        "hidden": {"kernel": acc["hidden"], "bias": acc["hidden_bias"]},
+        "output": {"kernel": acc["output"], "bias": acc["output_bias"]},
+    }
+    return g_params, g_state + g_state_const + g_state_table
+
+
+def _bucket(state, sizes):
+    """Index of the smallest table size that holds the alive cells; `len(sizes)` (dense) if
+    none does."""
+    num_alive = jnp.sum(model.alive_mask(state))
+    return jnp.sum(num_alive > jnp.array(sizes))
+
+
+def _dense_final(params, state, key, num_steps, fire_rate, noise_std, exact_randomness):
+    del exact_randomness  # the dense path always draws over the whole grid
+    return model.rollout(params, state, key, num_steps, fire_rate, noise_std, step_im2col)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _table_final(params, state, key, num_steps, fire_rate, noise_std, sizes, exact_randomness):
+    """The final state of a `table` rollout, with a hand-written backward pass."""
+    args = (num_steps, fire_rate, noise_std)
+    branches = [
+        functools.partial(_table_forward, rows=rows, exact_randomness=exact_randomness)
+        for rows in sizes
+    ]
+    branches = [lambda p, s, k, f=f: f(p, s, k, *args)[0] for f in branches]
+    branches.append(lambda p, s, k: _dense_final(p, s, k, *args, exact_randomness))
+    return jax.lax.switch(_bucket(state, sizes), branches, params, state, key)
+
+
+def _table_final_fwd(params, state, key, num_steps, fire_rate, noise_std, sizes, exact_randomness):
+    args = (num_steps, fire_rate, noise_std)
+    top = sizes[-1]
+
+    def table_branch(rows):
+        def run(p, s, k):
+            final, _, tables, fires = _table_forward(
+                p, s, k, *args, rows, exact_randomness, keep=top
+            )
+            return final, tables, fires
+
+        return run
+
+    def dense_branch(p, s, k):
+        tables = jnp.zeros((num_steps, top, s.shape[-1]), s.dtype)
+        fires = jnp.zeros((num_steps, top), bool)
+        return _dense_final(p, s, k, *args, exact_randomness), tables, fires
+
+    bucket = _bucket(state, sizes)
+    branches = [table_branch(rows) for rows in sizes] + [dense_branch]
+    final, tables, fires = jax.lax.switch(bucket, branches, params, state, key)
+    return final, (params, state, key, bucket, tables, fires)
+
+
+def _table_final_bwd(num_steps, fire_rate, noise_std, sizes, exact_randomness, res, g_final):
+    params, state, key, bucket, tables, fires = res
+
+    def table_branch(rows):
+        return lambda p, s, k, t, f, g: _table_backward(p, s, rows, t, f, g)
+
+    def dense_branch(p, s, k, t, f, g):
+        run = lambda p, s: _dense_final(  # noqa: E731
+            p, s, k, num_steps, fire_rate, noise_std, exact_randomness
+        )
+        return jax.vjp(run, p, s)[1](g)
+
+    branches = [table_branch(rows) for rows in sizes] + [dense_branch]
+    g_params, g_state = jax.lax.switch(bucket, branches, params, state, key, tables, fires, g_final)
+    return g_params, g_state, None
+
+
+_table_final.defvjp(_table_final_fwd, _table_final_bwd)
+
+
+def table_rollout(
+    params: model.Params,
+    state: jax.Array,
+    key: jax.Array,
+    num_steps: int,
+    fire_rate: float = 0.5,
+    noise_std: float = 0.0,
+    observe: Callable | None = None,
+    capacity_fraction: float = DEFAULT_CAPACITY_FRACTION,
+    exact_randomness: bool = False,
+    num_buckets: int = DEFAULT_BUCKETS,
+):
+    """`model.rollout`, on a compact table of the alive cells. Same arguments and results.
+
+    The table has one of a few static sizes (`table_sizes`: `capacity_fraction` of the cells and
+    smaller), the smallest that holds this batch's alive cells plus a spare row; with more alive
+    cells the rollout runs `im2col` (same result, dense cost). Gradients flow to params and
+    state through a hand-written backward pass (`_table_backward`). exact_randomness: as
+    `alive_rollout`; by default the same numbers as `alive` for the same key.
+    """
+    sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
+    if observe is None:
+        final = _table_final(
+            params, state, key, num_steps, fire_rate, noise_std, sizes, exact_randomness
+        )
+        return final, None
+    args = (num_steps, fire_rate, noise_std)
+    branches = [
+        functools.partial(
+            _table_forward, rows=rows, exact_randomness=exact_randomness, observe=observe
+        )
+        for rows in sizes
+    ]
+    branches = [lambda p, s, k, f=f: f(p, s, k, *args)[:2] for f in branches]
+    branches.append(lambda p, s, k: model.rollout(p, s, k, *args, step_im2col, observe))
+    return jax.lax.switch(_bucket(state, sizes), branches, params, state, key)
+
+
 def get_rollout(
     impl: str = "auto",
     capacity_fraction: float = DEFAULT_CAPACITY_FRACTION,
@@ -135,9 +442,9 @@ def get_rollout(
     """The rollout function of `impl`, with `model.rollout`'s signature:
     `(params, state, key, num_steps, fire_rate, noise_std, observe=None) -> (final, observed)`."""
     impl = resolve_impl(impl)
-    if impl == "alive":
+    if impl in ("alive", "table"):
         return functools.partial(
-            alive_rollout,
+            alive_rollout if impl == "alive" else table_rollout,
             capacity_fraction=capacity_fraction,
             exact_randomness=exact_randomness,
         )

@@ -14,6 +14,9 @@ KEY = jax.random.PRNGKey(3)
 EXACT = {
     "im2col": fast.get_rollout("im2col"),
     "alive": fast.get_rollout("alive", exact_randomness=True),
+    "table": fast.get_rollout("table", exact_randomness=True),
+    # one table size only: the smallest bucket of the default ones is the only one compiled
+    "table_one_size": functools.partial(fast.table_rollout, exact_randomness=True, num_buckets=1),
 }
 
 
@@ -60,12 +63,51 @@ def test_same_states_and_gradients_as_reference_over_20_steps(impl):
     assert_grads_close(grads, ref_grads)
 
 
-def test_alive_falls_back_to_dense_when_the_table_is_too_small():
+@pytest.mark.parametrize("impl", ["alive", "table"])
+def test_falls_back_to_dense_when_the_table_is_too_small(impl):
     (_, ref_final), ref_grads = reference()
-    rollout = fast.get_rollout("alive", capacity_fraction=0.01, exact_randomness=True)
+    rollout = fast.get_rollout(impl, capacity_fraction=0.01, exact_randomness=True)
     (_, final), grads = loss_and_grads(rollout)
     np.testing.assert_allclose(final, ref_final, atol=1e-5, rtol=1e-5)
     assert_grads_close(grads, ref_grads)
+
+
+def test_table_sizes_and_bucket_choice():
+    """Several static sizes; the smallest that holds the alive cells is used, and the unused
+    rows never change the result (an exact fit and a much larger table give the same)."""
+    sizes = fast.table_sizes(4 * 784, 0.22, fast.DEFAULT_BUCKETS)
+    assert sizes == (448, 512, 576, 640, 689)
+    assert all(s % fast.ROW_ALIGN == 0 for s in sizes[:-1])
+    params, state, labels = problem()
+    num_alive = int(jnp.sum(model.alive_mask(state)))
+    assert int(fast._bucket(state, (num_alive - 1, num_alive))) == 1
+    assert int(fast._bucket(state, (num_alive - 1,))) == 1  # too small: dense
+    (_, ref_final), ref_grads = reference()
+    for fraction in ((num_alive + 0.5) / (4 * 784), 0.9):
+        rollout = fast.get_rollout("table", capacity_fraction=fraction, exact_randomness=True)
+        (_, final), grads = loss_and_grads(rollout)
+        np.testing.assert_allclose(final, ref_final, atol=1e-5, rtol=1e-5)
+        assert_grads_close(grads, ref_grads)
+
+
+def test_table_gradient_with_respect_to_the_state():
+    """The hand-written backward pass also gives the state's cotangent (dead cells included)."""
+    params, state, labels = problem()
+    state = state.at[..., 1:].set(0.1 * jax.random.normal(KEY, state[..., 1:].shape))
+
+    def loss(state, rollout):
+        return losses.l2_loss(rollout(params, state, KEY, 5, 0.5, 0.02)[0], labels)
+
+    want = jax.jit(jax.grad(loss), static_argnums=1)(state, fast.get_rollout("conv"))
+    got = jax.jit(jax.grad(loss), static_argnums=1)(state, EXACT["table"])
+    np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_table_draws_the_same_numbers_as_alive():
+    params, state, labels = problem()
+    want, _ = fast.alive_rollout(params, state, KEY, 20, 0.5, 0.02)
+    got, _ = fast.table_rollout(params, state, KEY, 20, 0.5, 0.02)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_alive_with_its_own_randomness():
@@ -92,9 +134,14 @@ def test_alive_observes_the_same_per_step_values():
     _, want = model.rollout(params, state, KEY, 6, 0.5, 0.02, observe=observe)
     _, got = fast.alive_rollout(params, state, KEY, 6, 0.5, 0.02, observe, exact_randomness=True)
     jax.tree.map(np.testing.assert_array_equal, got, want)
+    got = fast.table_rollout(params, state, KEY, 6, 0.5, 0.02, observe, exact_randomness=True)[1]
+    (correct, alive), change = got
+    np.testing.assert_array_equal(correct, want[0][0])
+    np.testing.assert_array_equal(alive, want[0][1])
+    np.testing.assert_allclose(change, want[1], rtol=1e-5)
 
 
 def test_auto_and_unknown_impl():
-    assert fast.resolve_impl("auto") == ("alive" if jax.default_backend() == "cpu" else "conv")
+    assert fast.resolve_impl("auto") == ("table" if jax.default_backend() == "cpu" else "conv")
     with pytest.raises(ValueError, match="choose one of"):
         fast.get_rollout("sparse")
