@@ -18,7 +18,7 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import cli
-from nca import checkpoint, report
+from nca import checkpoint, report, tensorboard
 from nca.hybrid import evaluate, masking, summary
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained restorer workdir(s).")
@@ -56,7 +56,18 @@ def main(argv):
     )
     for result in summary.reports(run):
         report.write(_OUT.value or _WORKDIRS.value[0], result, dpi=90, tight=False, indent=1)
+    for row in run["result"]["models"]:  # each restorer's scores next to its training curves
+        tensorboard.write_summary(row["workdir"], row["checkpoint_step"], summary_scalars(row))
     return run["result"]
+
+
+def summary_scalars(row: dict) -> dict[str, float]:
+    """One restorer's scores (a `restore.json` `models` row) as TensorBoard scalars."""
+    keys = ("psnr", "psnr_hidden", "psnr_pooled", "digit_id", "throughput_per_s")
+    scores = {k: row[k] for k in keys}
+    if "damaged" in row:  # restorers with a CA
+        scores.update({f"damaged_{k}": row["damaged"][k] for k in ("psnr", "digit_id")})
+    return {f"eval/restore/{k}": float(v) for k, v in scores.items()}
 
 
 if __name__ == "__main__":

@@ -11,14 +11,34 @@ against it, values and gradients, for the same params, masks and noise. Implemen
   neighbourhoods of those cells from the (padded, flattened) grid, runs the MLP on them and
   scatter-adds the update back. If a batch has more alive cells than the table holds, the
   rollout falls back to `im2col` (same result, dense cost), so the result never depends on it.
-- `auto`: `alive` on CPU, `conv` on GPU / TPU (their convolution kernels are tuned; `alive`
-  there is not measured yet).
+- `table`: the alive cells in a compact table whose neighbour indices point into the table, so
+  neither pass scatters into the grid. What never changes in a rollout (every grey pixel, and a
+  dead neighbour's whole state) is gathered once; each step does one gather for all nine
+  neighbours. The table has one of a few static sizes (the capacity x 0.9**i, rounded up to 64
+  rows), the smallest that holds the batch's alive cells (too many: `im2col`, as `alive`). The
+  backward pass is written by hand (`jax.custom_vjp` over the whole rollout): it keeps each
+  step's table and fire mask, recomputes the activations, and transposes the neighbour gather as
+  a gather through an inverse neighbour table; no `cond` sits inside differentiated code.
+- `auto`: `table` on CPU, `conv` on GPU / TPU (their convolution kernels are tuned; the sparse
+  paths are not measured there yet).
+
+Where `alive`'s training time went (perf stat, strace -c, perf record; 1 core): of 365-380 ms of
+CPU per iteration, 208-220 ms were kernel time, page faults (~120k minor faults, ~480 MB of
+freshly mapped memory per iteration, `clear_page` inside XLA copies and memsets). The step's
+temp buffer was 494 MB, mostly because under autodiff `lax.cond` makes the taken branch also
+write out the other branch's residuals: the `alive` branch wrote the dense fallback's zeros every
+iteration. Thread wake-ups (futex time was idle waiting), glibc malloc settings and
+`--xla_cpu_multi_thread_eigen=false` were not the cause. `table` uses 131-166 ms of CPU per
+iteration (4-11 ms kernel): ~45 % matrix products, ~40 % XLA's fused loops, the threefry draws
+~12 ms, the inverse-gather ~18 ms. Storing activations instead of recomputing them (164 vs
+144 ms per gradient), the Philox generator (16-23 ms) and `unsafe_rbg` keys (33 ms) were slower.
 
 `conv` and `im2col` draw the fire mask and residual noise over the whole grid exactly as
-`model.step` does, so for the same key they run the same trajectory. `alive` does the same with
-`exact_randomness=True`; by default it draws only for the cells it computes (same distribution,
-other numbers): drawing 19 normals for every cell of the grid costs more than the alive cells'
-MLP on a CPU.
+`model.step` does, so for the same key they run the same trajectory. `alive` and `table` do the
+same with `exact_randomness=True`; by default they draw only for the cells they compute (same
+distribution, other numbers; `table` draws the first rows of `alive`'s draw, so a run resumed
+with the other of the two sees the same randomness): drawing 19 normals for every cell of the
+grid costs more than the alive cells' MLP on a CPU.
 """
 
 from __future__ import annotations
