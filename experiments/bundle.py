@@ -31,7 +31,10 @@ _RESTORE = flags.DEFINE_string("restore", None, "A bundle to continue, into a fr
 _INFO = flags.DEFINE_string("info", None, "A bundle to describe.")
 _NO_POOL = flags.DEFINE_bool("no_pool", False, "Leave the pool out (the run restarts it).")
 _MAX_MB = flags.DEFINE_float(
-    "max_mb", bundle.DEFAULT_MAX_BYTES / 1e6, "Leave the pool out if the bundle would be larger."
+    "max_mb",
+    bundle.DEFAULT_MAX_BYTES / 1e6,
+    "Leave the pool out if the bundle would be larger.",
+    lower_bound=0,
 )
 _MNIST_DIR = flags.DEFINE_string(
     "mnist_dir",
@@ -39,7 +42,10 @@ _MNIST_DIR = flags.DEFINE_string(
     "With --restore: this machine's MNIST folder (default: as training finds it).",
 )
 _KEEP_EVERY = flags.DEFINE_integer(
-    "keep_every", None, "Carry the params of checkpoints at multiples of this (default: config's)."
+    "keep_every",
+    None,
+    "Carry the params of checkpoints at multiples of this (default: config's).",
+    lower_bound=0,
 )
 
 

@@ -16,6 +16,38 @@ class InputError(ValueError):
     """A bad command-line input that no library error covers."""
 
 
+MNIST_TEST_DIGITS = 10_000  # the size of the MNIST test split: the most `--num_digits` can take
+
+
+def require_positive(name: str) -> None:
+    """Flag `name` (a float) must be > 0 (absl's `lower_bound` admits the bound itself)."""
+    from absl import flags
+
+    flags.register_validator(name, lambda v: v is None or v > 0, message="must be > 0")
+
+
+def require_int_list(name: str, lower_bound: int) -> None:
+    """Flag `name` (a list) must hold integers >= `lower_bound`."""
+    from absl import flags
+
+    def valid(values) -> bool:
+        try:
+            return all(int(v) >= lower_bound for v in values or [])
+        except ValueError:
+            return False
+
+    flags.register_validator(
+        name, valid, message=f"must be a comma-separated list of integers >= {lower_bound}"
+    )
+
+
+def require_fits(names: tuple[str, ...], fits, message: str) -> None:
+    """Flags `names` together must satisfy `fits(values_by_name)`; checked at parse time."""
+    from absl import flags
+
+    flags.register_multi_flags_validator(list(names), fits, message=message)
+
+
 EXPECTED_ERRORS = (CheckpointError, ConfigError, DataError, InputError, TrainingError, WorkdirError)
 
 

@@ -20,7 +20,7 @@ from nca.selforg_mnist import demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _MODEL = flags.DEFINE_string("model", None, "Or a shipped model (default: distill_l2_noise).")
-_PORT = flags.DEFINE_integer("port", 8000, "Port to serve on.")
+_PORT = flags.DEFINE_integer("port", 8000, "Port to serve on.", lower_bound=0, upper_bound=65535)
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (default: this machine only).")
 _EXPORT_ONLY = flags.DEFINE_string("export_only", None, "Write the site into DIR and exit.")
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")

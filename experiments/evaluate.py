@@ -35,14 +35,18 @@ _VARIANT = flags.DEFINE_enum(
     evaluate.VARIANTS,
     "Second half: restart (the article's numbers) or persist (mutation).",
 )
-_NUM_DIGITS = flags.DEFINE_integer("num_digits", 10_000, "Test digits to use (from the start).")
-_STEPS = flags.DEFINE_integer("steps", 200, "CA steps before (and after) the mutation.")
-_BATCH = flags.DEFINE_integer("batch_size", 1000, "Digits per batch (the article: 1000).")
+_NUM_DIGITS = flags.DEFINE_integer("num_digits", 10_000, "Test digits to use (from the start).",
+                                   lower_bound=1, upper_bound=cli.MNIST_TEST_DIGITS)  # fmt: skip
+_STEPS = flags.DEFINE_integer("steps", 200, "CA steps before (and after) the mutation.",
+                              lower_bound=1)  # fmt: skip
+_BATCH = flags.DEFINE_integer("batch_size", 1000, "Digits per batch (the article: 1000).",
+                              lower_bound=1)  # fmt: skip
 _IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/selforg_mnist/fast.py).")
 _EXACT = flags.DEFINE_bool(
     "exact_randomness", False, "`alive`: draw the masks and noise that `conv` draws (slower)."
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random masks, noise and resampling.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random masks, noise and resampling.",
+                             lower_bound=0)  # fmt: skip
 _OUT = flags.DEFINE_string(
     "out", None, "Folder for the comparison of several models (and for pretrained models' results)."
 )

@@ -26,19 +26,27 @@ _EXPERIMENT = flags.DEFINE_list(
     "experiment", ["accuracy"], f"Any of {', '.join(experiments.RUNS)}."
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
-_NETS = flags.DEFINE_integer("nets", S.nets, "Sampled task nets per architecture.")
+_NETS = flags.DEFINE_integer("nets", S.nets, "Sampled task nets per architecture.", lower_bound=1)
 _GRID_SIZES = flags.DEFINE_list("grid_sizes", list(map(str, S.grid_sizes)), "grid: X and Y.")
-_GRID_NETS = flags.DEFINE_integer("grid_nets", S.grid_nets, "grid: sampled task nets per cell.")
-_STEPS = flags.DEFINE_integer("steps", S.steps, "Rule steps to grow (0: the trained horizon).")
-_LONG = flags.DEFINE_integer("long_steps", S.long_steps, "stability: length of the rollout.")
-_DAMAGE_AT = flags.DEFINE_integer("damage_at", S.damage_at, "zero_out: steps before the damage.")
-_AFTER = flags.DEFINE_integer("after_steps", S.after_steps, "zero_out: steps after the damage.")
+_GRID_NETS = flags.DEFINE_integer("grid_nets", S.grid_nets, "grid: sampled task nets per cell.",
+                                 lower_bound=1)  # fmt: skip
+_STEPS = flags.DEFINE_integer("steps", S.steps, "Rule steps to grow (0: the trained horizon).",
+                             lower_bound=0)  # fmt: skip
+_LONG = flags.DEFINE_integer("long_steps", S.long_steps, "stability: length of the rollout.",
+                            lower_bound=1)  # fmt: skip
+_DAMAGE_AT = flags.DEFINE_integer("damage_at", S.damage_at, "zero_out: steps before the damage.",
+                                 lower_bound=0)  # fmt: skip
+_AFTER = flags.DEFINE_integer("after_steps", S.after_steps, "zero_out: steps after the damage.",
+                             lower_bound=1)  # fmt: skip
 _LR = flags.DEFINE_float("baseline_lr", S.baseline_lr, "baseline: Adam learning rate.")
-_SEED = flags.DEFINE_integer("seed", S.seed, "Seed of the sampled task-net inits.")
+_SEED = flags.DEFINE_integer("seed", S.seed, "Seed of the sampled task-net inits.", lower_bound=0)
 _CURVE_EXAMPLES = flags.DEFINE_integer(
     "curve_examples", S.curve_examples, "stability, zero_out, baseline: evaluate per-step curves "
-    "on the first N examples of the split (0: all); accuracy and grid use the whole test split."
+    "on the first N examples of the split (0: all); accuracy and grid use the whole test split.",
+    lower_bound=0,
 )  # fmt: skip
+cli.require_positive("baseline_lr")
+cli.require_int_list("grid_sizes", lower_bound=1)
 flags.mark_flag_as_required("workdir")
 
 

@@ -25,14 +25,21 @@ from nca.selforg_mnist import render
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _MODEL = flags.DEFINE_string("model", None, "Or a shipped pretrained model, e.g. distill_l2_noise.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: the workdir, or render_<model>).")
-_NUM_DIGITS = flags.DEFINE_integer("num_digits", 16, "Digits in the video.")
-_COLUMNS = flags.DEFINE_integer("columns", 4, "Digits per row.")
-_STEPS = flags.DEFINE_integer("steps", 200, "Steps before (and after) the mutation.")
-_SCALE = flags.DEFINE_integer("scale", 4, "Pixels per cell.")
-_EVERY = flags.DEFINE_integer("every", 1, "Keep every n-th step as a frame.")
-_FPS = flags.DEFINE_integer("fps", 30, "Frames per second.")
-_FIRST = flags.DEFINE_integer("first_digit", 0, "Index of the first test digit shown.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the CA's randomness.")
+_NUM_DIGITS = flags.DEFINE_integer("num_digits", 16, "Digits in the video.", lower_bound=1,
+                                   upper_bound=cli.MNIST_TEST_DIGITS)  # fmt: skip
+_COLUMNS = flags.DEFINE_integer("columns", 4, "Digits per row.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 200, "Steps before (and after) the mutation.", lower_bound=1)
+_SCALE = flags.DEFINE_integer("scale", 4, "Pixels per cell.", lower_bound=1)
+_EVERY = flags.DEFINE_integer("every", 1, "Keep every n-th step as a frame.", lower_bound=1)
+_FPS = flags.DEFINE_integer("fps", 30, "Frames per second.", lower_bound=1)
+_FIRST = flags.DEFINE_integer("first_digit", 0, "Index of the first test digit shown.",
+                               lower_bound=0)  # fmt: skip
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the CA's randomness.", lower_bound=0)
+cli.require_fits(
+    ("first_digit", "num_digits"),
+    lambda f: f["first_digit"] + f["num_digits"] <= cli.MNIST_TEST_DIGITS,
+    f"first_digit + num_digits must be at most {cli.MNIST_TEST_DIGITS} (the MNIST test split)",
+)
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
 
 

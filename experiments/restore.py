@@ -24,9 +24,11 @@ from nca.hybrid import evaluate, masking, summary
 _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained restorer workdir(s).")
 _CLASSIFIER = flags.DEFINE_string("classifier", None, "Workdir of the digit-ID classifier.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: the first workdir).")
-_NUM = flags.DEFINE_integer("num_digits", 10_000, "Test digits (from the start).")
-_MASK_SEED = flags.DEFINE_integer("mask_seed", masking.TEST_MASK_SEED, "Seed of the test masks.")
-_BATCH = flags.DEFINE_integer("batch_size", 500, "Digits per forward batch.")
+_NUM = flags.DEFINE_integer("num_digits", 10_000, "Test digits (from the start).", lower_bound=1,
+                            upper_bound=cli.MNIST_TEST_DIGITS)  # fmt: skip
+_MASK_SEED = flags.DEFINE_integer("mask_seed", masking.TEST_MASK_SEED, "Seed of the test masks.",
+                                  lower_bound=0)  # fmt: skip
+_BATCH = flags.DEFINE_integer("batch_size", 500, "Digits per forward batch.", lower_bound=1)
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars.")
 flags.mark_flags_as_required(["classifier"])

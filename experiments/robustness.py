@@ -19,10 +19,12 @@ S = experiments.RobustnessSettings()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _MODEL = flags.DEFINE_string("model", None, "Or a shipped pretrained model, e.g. distill_l2_noise.")
 _OUT = flags.DEFINE_string("out", "robustness", "Output folder.")
-_NUM_DIGITS = flags.DEFINE_integer("num_digits", 1000, "Test digits per condition.")
-_STEPS = flags.DEFINE_integer("steps", S.steps, "CA steps.")
-_CANVAS = flags.DEFINE_integer("canvas", S.canvas, "Grid size for scaled / stretched digits.")
-_SEED = flags.DEFINE_integer("seed", S.seed, "Seed.")
+_NUM_DIGITS = flags.DEFINE_integer("num_digits", 1000, "Test digits per condition.", lower_bound=1,
+                                   upper_bound=cli.MNIST_TEST_DIGITS)  # fmt: skip
+_STEPS = flags.DEFINE_integer("steps", S.steps, "CA steps.", lower_bound=1)
+_CANVAS = flags.DEFINE_integer("canvas", S.canvas, "Grid size for scaled / stretched digits.",
+                               lower_bound=28)  # fmt: skip
+_SEED = flags.DEFINE_integer("seed", S.seed, "Seed.", lower_bound=0)
 _IMPL = flags.DEFINE_string("impl", S.impl, "CA implementation (nca/selforg_mnist/fast.py).")
 _HAND_DRAWN = flags.DEFINE_string(
     "hand_drawn_dir", S.hand_drawn_dir,

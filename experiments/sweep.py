@@ -31,9 +31,11 @@ _ROOT = flags.DEFINE_string("root", None, "Folder holding one workdir per run.")
 _SET = flags.DEFINE_multi_string(
     "set", [], "Override for every run, e.g. --set=num_train_steps=5000."
 )
-_NUM_DIGITS = flags.DEFINE_integer("num_digits", 10_000, "Test digits for the evaluation.")
-_STEPS = flags.DEFINE_integer("steps", 200, "CA steps of the evaluation.")
+_NUM_DIGITS = flags.DEFINE_integer("num_digits", 10_000, "Test digits for the evaluation.",
+                                   lower_bound=1, upper_bound=cli.MNIST_TEST_DIGITS)  # fmt: skip
+_STEPS = flags.DEFINE_integer("steps", 200, "CA steps of the evaluation.", lower_bound=1)
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
+cli.require_int_list("seeds", lower_bound=0)
 flags.mark_flags_as_required(["configs", "root"])
 
 
@@ -73,6 +75,8 @@ def main(argv):
             runs.append(
                 (spec, config, root / spec.replace(":", "_").replace(",", "-") / f"seed{seed}")
             )
+    for _, config, _ in runs:
+        loop.check_config(config)  # every run's fields in range before the first one starts
 
     images, labels = data.load_mnist("test", _DATA.value)
     images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]

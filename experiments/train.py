@@ -34,8 +34,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "With --distributed, where auto-detection does not apply."
 )
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.",
+                                     lower_bound=1)  # fmt: skip
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.",
+                                   lower_bound=0)  # fmt: skip
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,6 +45,7 @@ def main(argv):
     cli.reject_positional(argv)
     config = _CONFIG.value
     config.name = cli.config_name(flags.FLAGS["config"].config_filename)
+    loop.check_config(config)  # every field in range, before anything starts
     if _DISTRIBUTED.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         print(f"process {jax.process_index()} of {jax.process_count()}")

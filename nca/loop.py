@@ -3,7 +3,10 @@
 A system is a subpackage `nca.<kind>` (`config.model.kind`; a kind with a dot names a package
 outside `nca`) whose `train` module has `make_trainer(config, mesh) -> Trainer`: the fresh train
 state, a pure `train_step(state, batch, key) -> (state, metrics)`, the training set and which
-config fields may change on resume. The core keeps no list of systems: adding one adds a folder.
+config fields may change on resume; beside it `CONFIG_RANGES` (numeric field -> `nca.config.Range`)
+and `validate_config(config)` (fields that must fit each other), which `check_config` applies with
+the core's `CORE_RANGES` before anything is compiled or written. The core keeps no list of
+systems: adding one adds a folder.
 `train` does the rest the same way for all of them:
 
 - jits the step once with shardings (params replicated; the fields and batch a system names
@@ -49,7 +52,7 @@ from tqdm import tqdm
 
 from nca import checkpoint, tensorboard
 from nca import workdir as workdir_lib
-from nca.config import ConfigError
+from nca.config import CORE_RANGES, ConfigError, check_ranges
 
 
 class TrainingError(RuntimeError):
@@ -175,6 +178,17 @@ def system_module(kind: str, name: str = "train"):
         ) from None
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises `ConfigError` for a field outside its range (the core's `CORE_RANGES` and the
+    system's `CONFIG_RANGES`, in `nca.<kind>.train`) or for fields that do not fit each other
+    (the system's `validate_config`), before anything is compiled or written."""
+    system = system_module(config.model.kind)
+    check_ranges(config, {**CORE_RANGES, **getattr(system, "CONFIG_RANGES", {})})
+    validate = getattr(system, "validate_config", None)
+    if validate is not None:
+        validate(config)
+
+
 def available_systems() -> list[str]:
     """The kinds of the systems inside `nca`: its subpackages that have a `train` module."""
     import nca
@@ -195,6 +209,7 @@ def train_and_evaluate(
     """Trains the system named by `config.model.kind` (`nca.<kind>.train.make_trainer`) to
     `config.num_train_steps`, resuming from the newest readable checkpoint. Returns the final
     train state."""
+    check_config(config)
     make_trainer = system_module(config.model.kind).make_trainer
     return train(config, workdir, make_trainer, max_iterations=max_iterations, progress=progress)
 
@@ -223,6 +238,7 @@ def train(
     multiples survive retention), name. Returns the final train state.
     """
     workdir = Path(workdir)
+    check_ranges(config, CORE_RANGES)
     mesh = make_mesh()
     trainer = make_trainer(config, mesh)
     primary = jax.process_index() == 0

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nca import checkpoint, data, loop
+from nca import config as config_lib
 from nca.config import ConfigError
 from nca.hybrid import masking, models
 
@@ -37,8 +38,36 @@ class TrainState(loop.TrainState):
     """The core's fields only: step, params, opt_state, rng."""
 
 
+# The range of every numeric config field this system reads (`nca.loop.check_config`).
+CONFIG_RANGES = {
+    "model.channels": config_lib.at_least(1),
+    "model.hidden": config_lib.at_least(1),
+    "model.dw_multiplier": config_lib.at_least(1),
+    "model.num_ca_steps": config_lib.at_least(1),
+    "model.state_noise_std": config_lib.at_least(0),
+    "model.damage_step": config_lib.at_least(1),
+    "model.gate_in": config_lib.at_least(1),
+    "model.gate_hidden": config_lib.at_least(1),
+    "model.gate_out": config_lib.at_least(1),
+    "model.gate_dropout": config_lib.fraction(high_open=True),
+    "model.patch_size": config_lib.at_least(1),
+    "model.ae_widths": config_lib.at_least(1),
+    "model.classifier_widths": config_lib.at_least(1),
+    "model.classifier_dense": config_lib.at_least(1),
+    "train_mask_rate": config_lib.fraction(high_open=True),
+    "input_noise_std": config_lib.at_least(0),
+    "batch_size": config_lib.at_least(1),
+    "learning_rate": config_lib.positive(),
+    "warmup_steps": config_lib.at_least(0),
+    "final_lr_fraction": config_lib.fraction(),
+    "grad_clip": config_lib.positive(),
+    "data.max_train_images": config_lib.at_least(0),  # 0: all
+}
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` for settings the trainer cannot run, before anything is written."""
+    config_lib.check_ranges(config, CONFIG_RANGES)
     m = config.model
     if m.arch not in models.ARCHS:
         raise ConfigError(
@@ -46,10 +75,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if m.arch == "hybrid" and m.gate not in models.GATES[:-1]:
         raise ConfigError(f"unknown model.gate {m.gate!r}; choose one of global, channel, patch.")
-    if not 0 <= config.train_mask_rate < 1:
-        raise ConfigError(f"train_mask_rate {config.train_mask_rate} must be in [0, 1).")
-    if config.batch_size < 1:
-        raise ConfigError(f"batch_size {config.batch_size} must be at least 1.")
+    if m.damage_step > m.num_ca_steps:
+        raise ConfigError(
+            f"config fields model.damage_step={m.damage_step} and model.num_ca_steps="
+            f"{m.num_ca_steps} do not fit: the damage must come within the steps run."
+        )
+    if m.arch == "hybrid" and m.gate == "patch" and m.gate_out % m.patch_size**2:
+        raise ConfigError(
+            f"config fields model.gate_out={m.gate_out} and model.patch_size={m.patch_size} do "
+            f"not fit: gate_out must be a multiple of patch_size**2."
+        )
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

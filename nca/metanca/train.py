@@ -28,6 +28,7 @@ import ml_collections
 import optax
 
 from nca import checkpoint, loop
+from nca import config as config_lib
 from nca.config import ConfigError
 from nca.metanca import data as metanca_data
 from nca.metanca import model
@@ -110,15 +111,39 @@ def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
     )
 
 
+# The range of every numeric config field this system reads (`nca.loop.check_config`).
+CONFIG_RANGES = {
+    "model.code_dims": config_lib.at_least(2),
+    "model.rule_hidden": config_lib.at_least(1),
+    "model.input_grid": config_lib.at_least(1),
+    "model.fire_rate": config_lib.fraction(low_open=True),
+    "train_archs": config_lib.at_least(1),
+    "test_archs": config_lib.at_least(1),
+    "num_rule_steps": config_lib.at_least(1),
+    "curriculum_steps": config_lib.at_least(0),  # 0: all rule steps from the start
+    "nets_per_arch": config_lib.at_least(1),
+    "batch_size": config_lib.at_least(0),  # 0: the whole training split
+    "pool_size": config_lib.at_least(1),
+    "pool_prob": config_lib.fraction(),
+    "damage_prob": config_lib.fraction(),
+    "damage_fraction": config_lib.fraction(),
+    "learning_rate": config_lib.positive(),
+    "grad_clip": config_lib.positive(),
+    "spike_factor": config_lib.positive(),
+    "loss_avg_decay": config_lib.fraction(high_open=True),
+    "data.split_seed": config_lib.at_least(0),
+    "data.max_images": config_lib.at_least(0),  # 0: all
+}
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
+    config_lib.check_ranges(config, CONFIG_RANGES)
     if config.data.task not in ("iris", "mnist"):
         raise ConfigError(f"unknown data.task {config.data.task!r}; choose iris or mnist.")
     if not config.train_archs:
         raise ConfigError("train_archs is empty.")
     if config.use_pool and config.pool_size < config.nets_per_arch:
         raise ConfigError(f"pool_size {config.pool_size} < nets_per_arch {config.nets_per_arch}.")
-    if config.model.code_dims < 2:
-        raise ConfigError("model.code_dims must be at least 2.")
 
 
 def start_states(config, arch, pool, key, step):

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nca import checkpoint, data, loop
+from nca import config as config_lib
 from nca.config import ConfigError
 from nca.selforg_mnist import fast, losses, model, pretrained
 
@@ -164,8 +165,26 @@ def assemble_batch(
     return x, y, idx
 
 
+# The range of every numeric config field this system reads (`nca.loop.check_config`).
+CONFIG_RANGES = {
+    "model.fire_rate": config_lib.fraction(low_open=True),
+    "model.noise_std": config_lib.at_least(0),
+    "model.alive_capacity": config_lib.fraction(low_open=True),
+    "num_ca_steps": config_lib.at_least(1),
+    "batch_size": config_lib.at_least(1),
+    "pool_size": config_lib.at_least(1),
+    "learning_rate": config_lib.positive(),
+    "lr_boundaries": config_lib.at_least(1),
+    "adam_eps": config_lib.positive(),
+    "grad_norm_eps": config_lib.at_least(0),
+    "data.max_train_images": config_lib.at_least(0),  # 0: all
+}
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` for settings the trainer cannot run, before anything is written."""
+    config_lib.check_ranges(config, CONFIG_RANGES)
+    config_lib.check_increasing(config, "lr_boundaries")
     choices = {
         "loss": (config.loss, tuple(losses.LOSSES)),
         "model.impl": (config.model.impl, fast.IMPLS),
