@@ -83,7 +83,8 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     )  # fmt: skip
     c.model.fire_rate = 0.5
     c.model.noise_std = noise_std
-    # How the CA is computed (same function; see nca/fast.py): auto | conv | im2col | alive.
+    # How the CA is computed (same function; see nca/selforg_mnist/fast.py): auto | conv |
+    # im2col | alive | table (auto: table on CPU, conv on GPU / TPU).
     c.model.impl = "auto"
     c.model.alive_capacity = 0.22  # `alive`: share of cells in the index table (else dense)
     c.model.exact_randomness = False  # `alive`: draw over the whole grid, as `conv` (slower)

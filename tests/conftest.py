@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
 SHARED_MNIST = SHARED / "data" / "mnist"
 SHARED_MODEL = SHARED / "reference" / "distill_selforg_mnist_l2_noise.model.json"
+
+# No test downloads MNIST or touches the user's cache (subprocesses inherit these): a test that
+# reached the download path would fail fast against a closed local port, in an empty cache.
+os.environ.setdefault("NCA_DATA_DIR", tempfile.mkdtemp(prefix="nca-test-cache-"))
+os.environ.setdefault("NCA_MNIST_MIRRORS", "http://127.0.0.1:9/mnist/")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
