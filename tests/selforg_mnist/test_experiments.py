@@ -153,7 +153,8 @@ def test_evaluate_reports_an_unreadable_checkpoint(smoke_workdir, mnist_dir, tmp
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("--num_digits=0",), "do not fit the test set"),
+        (("--num_digits=0",), "--num_digits=0: 0 is not an integer in the range [1, 10000]"),
+        (("--num_digits=5000",), "do not fit the test set"),
         (("--scale=2", "extra_argument"), "unexpected arguments"),
     ],
 )
