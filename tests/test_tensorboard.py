@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nca import checkpoint, tensorboard, train
+from nca import checkpoint, loop, tensorboard
 from tests.selforg_mnist.test_train import tiny_config
 
 
@@ -37,10 +37,10 @@ def test_write_summary_replaces_an_earlier_summary_of_the_same_step(tmp_path):
 
 def test_resume_after_a_lost_checkpoint_logs_each_step_once(mnist_dir, tmp_path):
     config = tiny_config(mnist_dir, num_train_steps=10, checkpoint_every=4, log_every=1)
-    train.train_and_evaluate(config, tmp_path, max_iterations=6, progress=False)
+    loop.train_and_evaluate(config, tmp_path, max_iterations=6, progress=False)
     # As if the run had died after logging step 6 but before checkpointing it.
     shutil.rmtree(checkpoint.checkpoint_dir(tmp_path) / "6")
-    train.train_and_evaluate(config, tmp_path, progress=False)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
 
     logdir = tensorboard.logdir(tmp_path)
     assert len(tensorboard.event_files(logdir)) == 2  # one per run segment
