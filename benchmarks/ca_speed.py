@@ -7,7 +7,9 @@ Measures, in one run on this machine:
 2. inference cell updates/s on 1000 test digits (200 steps; fewer for the slow reference);
 3. achieved GFLOP/s, counting the model's dense FLOPs per cell update (44,640 forward, x3 for a
    training step), next to this machine's measured float32 matmul rate;
-4. with --eval_protocol, the wall time of the article's evaluation protocol (10,000 digits x 400
+4. `table` data-parallel over all cores (one CPU device per core, `fast.per_device`): the
+   training rate of one run given the whole machine (`experiments.train --cpu_devices=N`);
+5. with --eval_protocol, the wall time of the article's evaluation protocol (10,000 digits x 400
    steps) with the fastest path.
 Results go to `<out>/ca_speed.json` and `<out>/ca_speed.md`. Never run by the tests.
 """
@@ -52,10 +54,10 @@ def matmul_gflops(n=2048, repeats=10):
     return 2 * n**3 / timed(lambda: f(a), repeats) / 1e9
 
 
-def train_rate(impl, images, labels, repeats):
+def train_rate(impl, images, labels, repeats, num_devices=1):
     config = load_config("l2_noise")
     config.model.impl = impl
-    mesh = loop.make_mesh(1)
+    mesh = loop.make_mesh(num_devices)
     trainer = loop.Trainer(
         init_state=train.init_train_state(config, images, labels),
         train_step=train.make_train_step(config, mesh),
@@ -112,6 +114,9 @@ def eval_protocol_seconds(params, grey, labels, impl):
 
 def main(argv):
     del argv
+    cores = os.cpu_count() or 1
+    if cores > 1:  # one CPU device per core, for the data-parallel row (before JAX starts)
+        jax.config.update("jax_num_cpu_devices", cores)
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     train_images, train_labels = train.load_training_data(load_config("l2_noise"))
@@ -125,7 +130,7 @@ def main(argv):
 
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {jax.device_count()} x "
-        f"{jax.devices()[0].device_kind} device, jax {jax.__version__}",
+        f"{jax.devices()[0].device_kind} device(s), jax {jax.__version__}",
         "matmul_gflops": matmul_gflops(),
         "train": {},
         "inference": {},
@@ -137,6 +142,12 @@ def main(argv):
         steps = 10 if impl == "conv" else 200
         results["inference"][impl] = inference_rate(impl, params, grey, test_labels[:1000], steps)
         print(impl, results["train"][impl], results["inference"][impl])
+    parallel = f"table, {cores} devices"
+    if cores > 1:
+        results["train"][parallel] = train_rate(
+            "table", train_images, train_labels, _REPEATS.value, cores
+        )
+        print(parallel, results["train"][parallel])
     if _EVAL.value:
         full = data.to_grey(test_images)
         results["eval_protocol_seconds"] = eval_protocol_seconds(params, full, test_labels, "table")
@@ -161,6 +172,13 @@ def main(argv):
             f" | {i['cell_updates_per_sec']:.3g} | "
             f"{i['cell_updates_per_sec'] / base_i['cell_updates_per_sec']:.1f} | "
             f"{i['gflops']:.1f} | {i['useful_gflops']:.1f} |"
+        )
+    if parallel in results["train"]:
+        t = results["train"][parallel]
+        lines.append(
+            f"| {parallel} (training only) | {t['iterations_per_sec']:.2f} | "
+            f"{t['iterations_per_sec'] / base_t['iterations_per_sec']:.1f} | {t['gflops']:.1f} | "
+            f"{t['useful_gflops']:.1f} ({100 * t['useful_gflops'] / matmul:.0f} %) | | | | |"
         )
     if "eval_protocol_seconds" in results:
         lines += [

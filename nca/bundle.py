@@ -44,7 +44,12 @@ from nca.config import ConfigError
 FORMAT = "nca-resume-bundle"
 VERSION = 1
 HISTORY_FILE = "bundle_history.jsonl"
-CARRIED_FILES = (workdir_lib.METRICS_FILE, "config_changes.jsonl", HISTORY_FILE)
+CARRIED_FILES = (
+    workdir_lib.METRICS_FILE,
+    "config_changes.jsonl",
+    workdir_lib.SESSIONS_FILE,
+    HISTORY_FILE,
+)
 DEFAULT_MAX_BYTES = 4_000_000  # a pool that would make the bundle larger is left out
 SPARSE_MIN_SIZE = 4096  # arrays with fewer elements are stored as they are
 

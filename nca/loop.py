@@ -292,6 +292,8 @@ def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | 
         if changes and primary:
             workdir_lib.record_config_changes(workdir, start, changes)
     if primary:
+        devices = f"{mesh.size} x {mesh.devices.flat[0].device_kind}"
+        workdir_lib.record_session(workdir, start, devices=devices, jax=jax.__version__)
         workdir_lib.trim_metrics(workdir, start)
         tensorboard.trim(workdir, start)
         checkpoint.write_config_json(workdir, config)

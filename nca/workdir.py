@@ -11,6 +11,7 @@ from pathlib import Path
 
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
+SESSIONS_FILE = "sessions.jsonl"  # one row per start or resume: step, devices, JAX version
 
 
 class WorkdirError(RuntimeError):
@@ -93,6 +94,14 @@ def trim_metrics(workdir: Path, last_step: int) -> None:
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)
+
+
+def record_session(workdir: Path, step: int, **facts) -> None:
+    """Appends where training (re)starts at `step` to sessions.jsonl, with `facts` (the devices
+    and JAX version, which decide the random numbers and the last bits of what follows)."""
+    row = {"step": step, "time": time.time(), "host": socket.gethostname(), **facts}
+    with open(workdir / SESSIONS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def record_config_changes(workdir: Path, step: int, changes: dict) -> None:

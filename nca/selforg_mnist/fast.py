@@ -48,6 +48,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from nca.selforg_mnist import model
 
@@ -474,3 +475,29 @@ def get_rollout(
         return model.rollout(params, state, key, num_steps, fire_rate, noise_std, step_fn, observe)
 
     return rollout
+
+
+def per_device(rollout: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """`rollout` run by every device of `mesh` on its own slice of the batch (axis `data`), with
+    `rollout`'s signature (`observe` unsupported): data parallelism for `alive` and `table`,
+    whose compaction of the alive cells would otherwise span the whole batch and run on one
+    device. The batch must divide over the devices. Each device folds its index into the key, so
+    the masks and noise have the distribution of one device's, not its numbers. Gradients flow
+    as through `rollout` (the replicated params' gradient is summed over the devices)."""
+
+    def local(params, state, key, num_steps, fire_rate, noise_std):
+        key = jax.random.fold_in(key, jax.lax.axis_index("data"))
+        return rollout(params, state, key, num_steps, fire_rate, noise_std)[0]
+
+    def run(params, state, key, num_steps, fire_rate=0.5, noise_std=0.0):
+        body = functools.partial(
+            local, num_steps=num_steps, fire_rate=fire_rate, noise_std=noise_std
+        )
+        # check_vma=False: the table sizes' `lax.switch` branches differ in which values vary
+        # over devices, which the checker cannot reconcile; every output is per-device anyway.
+        sharded = jax.shard_map(
+            body, mesh=mesh, in_specs=(P(), P("data"), P()), out_specs=P("data"), check_vma=False
+        )
+        return sharded(params, state, key), None
+
+    return run

@@ -199,6 +199,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def uses_per_device_rollout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None):
+    """Whether each device rolls out its own slice of the batch (`fast.per_device`): the sparse
+    paths on several devices, where the batch divides over them and the masks need not be
+    `conv`'s (`exact_randomness` draws over the whole batch's grid)."""
+    m = config.model
+    return (
+        mesh is not None
+        and mesh.size > 1
+        and config.batch_size % mesh.size == 0
+        and fast.resolve_impl(m.impl) in ("alive", "table")
+        and not m.exact_randomness
+    )
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
     """`train_step(state, batch, key) -> (state, metrics)`: pure, to be jitted once by the caller.
 
@@ -211,6 +225,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
     m = config.model
     validate_config(config)
     rollout = fast.get_rollout(m.impl, m.alive_capacity, m.exact_randomness)
+    if uses_per_device_rollout(config, mesh):
+        rollout = fast.per_device(rollout, mesh)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
         k_pool, k_rollout = jax.random.split(key)

@@ -124,7 +124,14 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(mnist_dir, tmp_path)
     jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(straight.params))
 
 
-def test_four_devices_compute_the_same_loss_as_one(mnist_dir):
+@pytest.mark.parametrize(
+    "impl, randomness",
+    [("conv", "the same masks and noise"), ("table", "no masks nor noise: per-device draws")],
+)
+def test_four_devices_compute_the_same_loss_as_one(mnist_dir, impl, randomness):
+    # `conv` is sharded automatically and draws what one device draws; `table` rolls out each
+    # device's slice (fast.per_device) with its own draws, so it is compared without randomness.
+    deterministic = impl == "table"
     script = textwrap.dedent(f"""
         import jax
         jax.config.update("jax_num_cpu_devices", 4)
@@ -134,9 +141,13 @@ def test_four_devices_compute_the_same_loss_as_one(mnist_dir):
         from nca.selforg_mnist import train
         config = load_config("l2_noise:smoke")
         config.data.mnist_dir = {str(mnist_dir)!r}
+        config.model.impl = {impl!r}
+        if {deterministic}:
+            config.model.fire_rate, config.model.noise_std = 1.0, 0.0
         results = []
         for n in (1, 4):
             mesh = loop.make_mesh(n)
+            assert train.uses_per_device_rollout(config, mesh) == ({deterministic} and n == 4)
             trainer = train.make_trainer(config, mesh)
             state, step = loop.compile_trainer(trainer, mesh)
             for t in range(3):
