@@ -148,10 +148,15 @@ def main(argv):
             "table", train_images, train_labels, _REPEATS.value, cores
         )
         print(parallel, results["train"][parallel])
+    write_results(out, results)  # a long --eval_protocol may be interrupted: keep these
     if _EVAL.value:
         full = data.to_grey(test_images)
         results["eval_protocol_seconds"] = eval_protocol_seconds(params, full, test_labels, "table")
+        write_results(out, results)
 
+
+def write_results(out: Path, results: dict) -> None:
+    """`<out>/ca_speed.json` and `ca_speed.md` (printed too)."""
     (out / "ca_speed.json").write_text(json.dumps(results, indent=2) + "\n")
     base_t, base_i = results["train"]["conv"], results["inference"]["conv"]
     lines = [
@@ -173,7 +178,7 @@ def main(argv):
             f"{i['cell_updates_per_sec'] / base_i['cell_updates_per_sec']:.1f} | "
             f"{i['gflops']:.1f} | {i['useful_gflops']:.1f} |"
         )
-    if parallel in results["train"]:
+    for parallel in set(results["train"]) - set(IMPLS):  # the data-parallel row
         t = results["train"][parallel]
         lines.append(
             f"| {parallel} (training only) | {t['iterations_per_sec']:.2f} | "

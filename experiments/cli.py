@@ -137,15 +137,27 @@ def _fail(message: str, status: int = 1):
     sys.exit(status)
 
 
+def define_cpu_devices(help_text: str) -> None:
+    """The `--cpu_devices=N` flag (default 1): on a CPU, JAX gets N devices, one per core;
+    `run` applies it before anything asks JAX for its devices."""
+    from absl import flags
+
+    flags.DEFINE_integer("cpu_devices", 1, help_text, lower_bound=1)
+
+
 def run(main) -> None:
     """`absl.app.run(main)` with bare config names, and bad flags or expected errors (missing
     data, unusable workdir, non-finite loss, ...) reported as one line with a non-zero status."""
-    from absl import app
+    from absl import app, flags
 
     def main_with_errors(argv):
         from absl import logging
 
         logging.set_verbosity(logging.ERROR)  # Orbax logs every file it writes
+        if "cpu_devices" in flags.FLAGS and flags.FLAGS.cpu_devices > 1:
+            import jax
+
+            jax.config.update("jax_num_cpu_devices", flags.FLAGS.cpu_devices)
         try:
             main(argv)
         except EXPECTED_ERRORS as e:

@@ -42,19 +42,12 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator
                                      lower_bound=1)  # fmt: skip
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.",
                                    lower_bound=0)  # fmt: skip
-_CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices",
-    1,
-    "On a CPU: split each batch over this many devices (one per core).",
-    lower_bound=1,
-)
+cli.define_cpu_devices("On a CPU: split each batch over this many devices (one per core).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     cli.reject_positional(argv)
-    if _CPU_DEVICES.value > 1:  # before anything asks JAX for its devices
-        jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
     config = _CONFIG.value
     config.name = cli.config_name(flags.FLAGS["config"].config_filename)
     loop.check_config(config)  # every field in range, before anything starts

@@ -196,3 +196,35 @@ def evaluation_report(
     return report.Report(
         f"eval_{variant}", result, table, plots.curves_figure({label: curves}, num_steps)
     )
+
+
+def training_length_report(
+    workdir, steps, images, labels, *, num_steps: int = 200, earlier: dict | None = None,
+    log=print, **kwargs,
+):  # fmt: skip
+    """The model of `workdir` at each checkpoint of `steps` (training iterations), evaluated on
+    `images` for `num_steps` CA steps from the seed (the first half of the protocol): accuracy
+    and agreement at `num_steps`, and their tops, against iterations, as the report
+    `training_length`. `earlier`: the data of such a report made with the same settings; its
+    rows are kept, not re-run. kwargs: `evaluate`'s options."""
+    from nca import checkpoint, report
+    from nca.selforg_mnist import plots
+
+    settings = {"workdir": str(workdir), "num_digits": len(images), "steps": num_steps,
+                "seed": kwargs.get("seed", 0)}  # fmt: skip
+    rows = {}
+    if earlier is not None and {k: earlier.get(k) for k in settings} == settings:
+        rows = {int(s): row for s, row in earlier["rows"].items()}
+    for step in sorted(set(steps) - set(rows)):
+        config, params, _ = checkpoint.load_params(workdir, step, log=log)
+        curves = evaluate_model(config, params, images, labels, num_steps=num_steps,
+                                variant="none", **kwargs)  # fmt: skip
+        rows[step] = summary(curves, num_steps)
+        log(f"{workdir} at {step}: accuracy {rows[step]['accuracy_final']:.1f}, agreement "
+            f"{rows[step]['agreement_final']:.1f} at {num_steps} CA steps")  # fmt: skip
+    rows = dict(sorted(rows.items()))
+    table = markdown_table({f"{step:,} iterations": s for step, s in rows.items()}, num_steps)
+    data = {**settings, "rows": {str(s): row for s, row in rows.items()}}
+    return report.Report(
+        "training_length", data, table, plots.training_length_figure(rows, num_steps)
+    )

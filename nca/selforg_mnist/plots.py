@@ -44,3 +44,21 @@ def curves_figure(runs: dict[str, dict[str, np.ndarray]], num_steps: int):
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def training_length_figure(rows: dict[int, dict[str, float]], num_steps: int):
+    """Accuracy and agreement at `num_steps` CA steps (solid) and their tops (dotted) against
+    training iterations; `rows`: `evaluate.summary` by iteration."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    iterations = np.array(sorted(rows))
+    for metric, colour in (("accuracy", "C0"), ("agreement", "C1")):
+        final = [rows[i][f"{metric}_final"] for i in iterations]
+        top = [rows[i][f"top_{metric}"] for i in iterations]
+        ax.plot(iterations, final, "o-", color=colour, label=f"{metric} at {num_steps}")
+        ax.plot(iterations, top, ":", color=colour, label=f"top {metric}")
+    ax.set_xlabel("training iterations")
+    ax.set_ylabel("percent")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

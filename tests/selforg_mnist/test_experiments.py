@@ -254,3 +254,28 @@ def test_export_ships_a_workdir_by_name(evaluated_workdir, tmp_path, monkeypatch
     out = run(export)  # a second export of the same name must not replace the first
     assert out.returncode != 0 and "pass --overwrite" in out.stderr.strip().splitlines()[-1]
     assert (tmp_path / "m" / "mine.npz").read_bytes() == before
+
+
+def test_training_length_evaluates_each_checkpoint_once(smoke_workdir, mnist_dir, tmp_path):
+    workdir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(smoke_workdir), str(workdir)], check=True)
+    out = run(module("train", "--config=l2_noise:smoke", f"--workdir={workdir}",
+                     f"--config.data.mnist_dir={mnist_dir}", "--config.num_train_steps=6",
+                     "--config.checkpoint_every=2"))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = checkpoint.all_steps(workdir)
+    assert len(steps) >= 2
+    args = [f"--workdir={workdir}", f"--mnist_dir={mnist_dir}", "--num_digits=8",
+            "--ca_steps=5", f"--out={tmp_path / 'out'}"]  # fmt: skip
+    out = run(module("training_length", *args, f"--steps={steps[0]}"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run(module("training_length", *args, f"--steps={steps[0]},{steps[-1]}"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"at {steps[-1]}:" in out.stdout and f"at {steps[0]}:" not in out.stdout  # kept
+    result = json.loads((tmp_path / "out" / "training_length.json").read_text())
+    assert sorted(map(int, result["rows"])) == [steps[0], steps[-1]]
+    assert 0 <= result["rows"][str(steps[-1])]["accuracy_final"] <= 100
+    assert (tmp_path / "out" / "training_length.png").stat().st_size > 10_000
+
+    out = run(module("training_length", *args, "--steps=999"))
+    assert out.returncode == 1 and "error: no checkpoint for step 999" in out.stderr
