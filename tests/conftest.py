@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
 SHARED_MNIST = SHARED / "data" / "mnist"
 SHARED_MODEL = SHARED / "reference" / "distill_selforg_mnist_l2_noise.model.json"
+SHARED_ADVERSARY = SHARED / "reference" / "distill_adversarial_mnist_eight.model.json"
 
 # No test downloads MNIST or touches the user's cache (subprocesses inherit these): a test that
 # reached the download path would fail fast against a closed local port, in an empty cache.

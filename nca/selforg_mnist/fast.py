@@ -254,14 +254,19 @@ def _mlp_forward(params, kernel, table, const, neighbours):
 
 
 def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, exact_randomness,
-                   observe=None, keep=0):  # fmt: skip
+                   observe=None, keep=0, second_rule=None):  # fmt: skip
     """`num_steps` steps with a table of `rows` rows. Returns the final state, the stacked
     observations and, if `keep`, the table before each step `(num_steps, keep, C)` and the fire
     masks `(num_steps, keep)`, zero-padded to `keep` rows (the backward pass recomputes each
-    step's activations from them)."""
+    step's activations from them). second_rule: `(params, mask)`: the cells of the `(B, H, W,
+    1)` bool mask update with these params instead (no hand-written backward pass)."""
     geo = _geometry(state, rows)
     const = _constant_patches(state, geo)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
+    if second_rule is not None:
+        other, mask = second_rule
+        other_kernel = other["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
+        other_rows = mask.reshape(-1).at[geo["grid"]].get(mode="fill", fill_value=False)
 
     def body(carry, t):
         table, grid = carry
@@ -269,6 +274,9 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
             jax.random.fold_in(key, t), state, geo, fire_rate, noise_std, exact_randomness
         )
         ds, _ = _mlp_forward(params, kernel, table, const, geo["neighbours"])
+        if second_rule is not None:
+            other_ds, _ = _mlp_forward(other, other_kernel, table, const, geo["neighbours"])
+            ds = jnp.where(other_rows[:, None], other_ds, ds)
         update = jnp.where(fire[:, None], ds + noise, 0.0)
         new = table + jnp.pad(update, ((0, 0), (1, 0)))
         out = {}
@@ -453,6 +461,45 @@ def table_rollout(
     branches = [lambda p, s, k, f=f: f(p, s, k, *args)[:2] for f in branches]
     branches.append(lambda p, s, k: model.rollout(p, s, k, *args, step_im2col, observe))
     return jax.lax.switch(_bucket(state, sizes), branches, params, state, key)
+
+
+def mixed_table_rollout(
+    params: model.Params,
+    other: model.Params,
+    mask: jax.Array,
+    state: jax.Array,
+    key: jax.Array,
+    num_steps: int,
+    fire_rate: float = 0.5,
+    noise_std: float = 0.0,
+    observe: Callable | None = None,
+    capacity_fraction: float = DEFAULT_CAPACITY_FRACTION,
+    exact_randomness: bool = False,
+    num_buckets: int = DEFAULT_BUCKETS,
+):
+    """Two rules on one grid, on the table: the cells of `mask` (`(B, H, W, 1)` bool) update
+    with `other`'s params, the rest with `params`; one fire mask and noise for all cells (as
+    `table_rollout` draws them). The same function as `nca.selforg_mnist.adversarial.
+    mixed_rollout`'s reference; gradients by plain autodiff."""
+    sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
+    args = (num_steps, fire_rate, noise_std)
+
+    def table_branch(rows):
+        def run(p, o, s, k):
+            return _table_forward(p, s, k, *args, rows, exact_randomness, observe=observe,
+                                  second_rule=(o, mask))[:2]  # fmt: skip
+
+        return run
+
+    def dense_branch(p, o, s, k):
+        from nca.selforg_mnist import adversarial
+
+        step = functools.partial(adversarial.mixed_step, other=o, mask=mask,
+                                 perceive_fn=perceive_im2col)  # fmt: skip
+        return model.rollout(p, s, k, *args, step, observe)
+
+    branches = [table_branch(rows) for rows in sizes] + [dense_branch]
+    return jax.lax.switch(_bucket(state, sizes), branches, params, other, state, key)
 
 
 def get_rollout(

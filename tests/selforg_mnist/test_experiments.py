@@ -279,3 +279,21 @@ def test_training_length_evaluates_each_checkpoint_once(smoke_workdir, mnist_dir
 
     out = run(module("training_length", *args, "--steps=999"))
     assert out.returncode == 1 and "error: no checkpoint for step 999" in out.stderr
+
+
+def test_attack_writes_the_table_and_curves_and_rejects_bad_fractions(
+    smoke_workdir, mnist_dir, tmp_path
+):
+    args = [f"--workdir={smoke_workdir}", f"--mnist_dir={mnist_dir}", "--num_digits=16",
+            "--steps=4", "--after=3", "--batch_size=8", f"--out={tmp_path}"]  # fmt: skip
+    out = run(module("attack", *args, "--fractions=0,0.5"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "attack.json").read_text())
+    assert sorted(result["curves"]) == ["0.0", "0.5"]
+    assert len(result["curves"]["0.5"]["target_votes"]) == 7
+    table = (tmp_path / "attack.md").read_text()
+    assert "| 50 % |" in table and "target votes at 4" in table and "accuracy at 7" in table
+    assert (tmp_path / "attack.png").stat().st_size > 10_000
+
+    out = run(module("attack", *args, "--fractions=0.1,2"))
+    assert out.returncode == 1 and "error: --fractions must lie in [0, 1]" in out.stderr

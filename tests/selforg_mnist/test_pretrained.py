@@ -6,7 +6,7 @@ import pytest
 
 from nca.config import load_config
 from nca.selforg_mnist import model, pretrained, reference
-from tests.conftest import SHARED_MODEL
+from tests.conftest import SHARED_ADVERSARY, SHARED_MODEL
 
 
 def test_distill_weights_are_shipped_and_load():
@@ -22,6 +22,13 @@ def test_distill_weights_are_shipped_and_load():
 def test_shipped_weights_equal_the_published_file():
     _, params = pretrained.load("distill_l2_noise")
     want = reference.load_distill_params(SHARED_MODEL)
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+
+
+@pytest.mark.skipif(not SHARED_ADVERSARY.is_file(), reason="needs ../shared/reference")
+def test_shipped_adversary_equals_the_published_file():
+    _, params = pretrained.load("distill_adversary_eight")
+    want = reference.load_distill_params(SHARED_ADVERSARY)
     jax.tree.map(np.testing.assert_array_equal, params, want)
 
 

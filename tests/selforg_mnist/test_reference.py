@@ -1,12 +1,14 @@
 """The published Distill weights: import, and the article's accuracy on real test digits."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from nca import data
 from nca.selforg_mnist import evaluate, model, reference
-from tests.conftest import SHARED_MNIST, SHARED_MODEL, requires_shared
+from tests.conftest import SHARED_ADVERSARY, SHARED_MNIST, SHARED_MODEL, requires_shared
 
 
 @pytest.mark.skipif(not SHARED_MODEL.is_file(), reason="needs ../shared/reference")
@@ -18,6 +20,20 @@ def test_import_shapes_and_count():
     assert np.abs(params["output"]["kernel"]).max() > 0  # trained, not a fresh init
 
 
+@pytest.mark.skipif(not SHARED_ADVERSARY.is_file(), reason="needs ../shared/reference")
+def test_the_published_adversary_imports_as_the_same_architecture():
+    adversary = reference.load_distill_params(SHARED_ADVERSARY)
+    original = reference.load_distill_params(SHARED_MODEL)
+    assert jax.tree.map(np.shape, adversary) == jax.tree.map(np.shape, original)
+    assert not np.allclose(adversary["hidden"]["kernel"], original["hidden"]["kernel"])
+
+    def ops(path):  # the graph's computation, without node names
+        nodes = json.loads(path.read_text())["modelTopology"]["node"]
+        return sorted(n["op"] for n in nodes)
+
+    assert ops(SHARED_ADVERSARY) == ops(SHARED_MODEL)
+
+
 def test_missing_or_malformed_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=reference.ENV_VAR):
         reference.load_distill_params(tmp_path / "none.json")
@@ -25,6 +41,10 @@ def test_missing_or_malformed_model_file(tmp_path):
     bad.write_text('{"format": "graph-model"}')
     with pytest.raises(ValueError, match="not a TensorFlow.js graph model"):
         reference.load_distill_params(bad)
+    no_output = tmp_path / "no_output.json"
+    no_output.write_text('{"modelTopology": {"node": []}}')
+    with pytest.raises(ValueError, match="one convolution with a"):
+        reference.load_distill_params(no_output)
 
 
 @pytest.mark.slow

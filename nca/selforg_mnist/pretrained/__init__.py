@@ -11,6 +11,11 @@ Shipped:
   from `distillpub/post--selforg-mnist` (`public/model.json`), CC BY 4.0: Randazzo, Mordvintsev,
   Niklasson, Levin, Greydanus, "Self-classifying MNIST Digits", Distill 2020,
   doi:10.23915/distill.00027.002.
+- `distill_adversary_eight`: the published MNIST adversary of "Adversarial Reprogramming of
+  Neural Cellular Automata" (Randazzo, Mordvintsev, Niklasson, Levin, Distill 2021,
+  doi:10.23915/distill.00027.004), from `google-research/self-organising-systems`, Apache-2.0:
+  a rule of the same architecture whose cells, scattered among the original's, make digits
+  read "8". Not a classifier on its own.
 - `l2_noise`, `l2`, `ce`: trained with this codebase (`l2_noise:20k`, `l2:20k`, `ce:20k`: 20,000
   iterations on one CPU core each; `l2_noise` then fine-tuned 10,000 more); their `.json` gives
   the schedule and the full-test-set evaluation.

@@ -1,0 +1,216 @@
+"""Adversarial reprogramming of the self-classifying CA (Randazzo, Mordvintsev, Niklasson, Levin,
+"Adversarial Reprogramming of Neural Cellular Automata", Distill 2021): two rules on one grid.
+
+A fixed random mask marks each cell of the grid adversarial with probability `fraction` (one
+draw per cell, alive or not; only alive cells ever update). Every step both rules compute their
+update from the same state; adversarial cells take the adversary's, the others the original's.
+The article's notebook draws a fire mask and noise per rule and blends the two new states by the
+mask; since each cell keeps only one rule's draw, one draw per cell has the same distribution,
+and that is what the rollouts here use.
+
+- `adversary_mask`: the mask; `mixed_step`: one step, dense (the readable reference);
+- `mixed_rollout`: `num_steps` steps on the reference or the fast `table` path
+  (`fast.mixed_table_rollout`), with the rollouts' `observe`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from nca.selforg_mnist import fast, model
+
+
+def adversary_mask(key: jax.Array, shape: tuple[int, int, int], fraction: float) -> jax.Array:
+    """`(B, H, W, 1) bool`: each cell adversarial with probability `fraction`."""
+    return jax.random.uniform(key, (*shape, 1)) < fraction
+
+
+def mixed_step(
+    params: model.Params,
+    state: jax.Array,
+    key: jax.Array,
+    fire_rate: float = 0.5,
+    noise_std: float = 0.0,
+    *,
+    other: model.Params,
+    mask: jax.Array,
+    perceive_fn=model.perceive,
+) -> jax.Array:
+    """`model.step` where the cells of `mask` (`(B, H, W, 1)` bool) use `other`'s params."""
+    fire_mask, noise = model.draw_step_randomness(key, state.shape, fire_rate, noise_std)
+    ds = model.update(params, perceive_fn(params, state))
+    other_ds = model.update(other, perceive_fn(other, state))
+    return model.apply_residual(state, jnp.where(mask, other_ds, ds) + noise, fire_mask)
+
+
+def mixed_rollout(
+    params: model.Params,
+    other: model.Params,
+    mask: jax.Array,
+    state: jax.Array,
+    key: jax.Array,
+    num_steps: int,
+    fire_rate: float = 0.5,
+    noise_std: float = 0.0,
+    observe=None,
+    impl: str = "auto",
+):
+    """`num_steps` of `mixed_step`: returns the final state and the stacked observations, as
+    `model.rollout`. impl: `conv` (the reference), `table` (fast, the same function), or `auto`
+    (`table` on CPU, `conv` elsewhere); `table` draws its own masks and noise."""
+    impl = fast.resolve_impl(impl)
+    if impl == "table":
+        return fast.mixed_table_rollout(
+            params, other, mask, state, key, num_steps, fire_rate, noise_std, observe
+        )
+    if impl != "conv":
+        raise ValueError(f"mixed rollouts run on `conv` or `table`, not {impl!r}.")
+
+    def step(p, x, k, fire_rate, noise_std):
+        return mixed_step(p, x, k, fire_rate, noise_std, other=other, mask=mask)
+
+    return model.rollout(params, state, key, num_steps, fire_rate, noise_std, step, observe)
+
+
+# --------------------------------------------------------------------------------------------
+# The attack's evaluation
+
+ATTACK_CURVES = ("target_votes", "target_agreement", "accuracy")
+
+
+def attack_metrics(state: jax.Array, labels: jax.Array, mask: jax.Array, target: int):
+    """Sums over a batch (to pool batches) for the digits whose label is not `target`, over
+    their alive cells outside `mask` (the original's cells): cells voting `target`, cells voting
+    their true label, those cells, and the digits whose counted cells all vote `target` (as
+    `losses.agreement` counts), with the number of such digits."""
+    cells = model.alive_mask(state)[..., 0] & ~mask[..., 0]
+    attacked = labels != target
+    cells = cells & attacked[:, None, None]
+    votes = model.cell_labels(state)
+    counted = cells & jnp.any(model.class_channels(state) >= 0, axis=-1)
+    num_counted = jnp.sum(counted, axis=(1, 2))
+    on_target = jnp.sum(counted & (votes == target), axis=(1, 2))
+    return {
+        "target_cells": jnp.sum(cells & (votes == target)),
+        "correct_cells": jnp.sum(cells & (votes == labels[:, None, None])),
+        "cells": jnp.sum(cells),
+        "target_agreeing": jnp.sum((on_target == num_counted) & (num_counted > 0)),
+        "digits": jnp.sum(attacked),
+    }
+
+
+def scheduled_rollout(params, other, mask, state, key, *, place_at: int, remove_at: int,
+                      num_steps: int, fire_rate=0.5, noise_std=0.0, observe=None,
+                      impl="auto"):  # fmt: skip
+    """`num_steps` steps: the original rule alone before `place_at`, both rules from `place_at`
+    until `remove_at`, the original alone after (the removed cells keep their states and follow
+    the original). Returns the final state and the observations of every step, stacked."""
+    bounds = sorted({0, min(place_at, num_steps), min(remove_at, num_steps), num_steps})
+    observed = []
+    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        k = jax.random.fold_in(key, i)
+        if place_at <= start < remove_at:
+            state, obs = mixed_rollout(params, other, mask, state, k, end - start, fire_rate,
+                                       noise_std, observe, impl)  # fmt: skip
+        else:
+            rollout = fast.get_rollout(impl)
+            state, obs = rollout(params, state, k, end - start, fire_rate, noise_std, observe)
+        observed.append(obs)
+    if observe is None:
+        return state, None
+    return state, jax.tree.map(lambda *a: jnp.concatenate(a), *observed)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("num_steps", "after", "target", "fire_rate", "noise_std", "impl")
+)
+def attack_batch(params, other, images, labels, key, fraction, *, num_steps, after, target,
+                 fire_rate, noise_std, impl):  # fmt: skip
+    """One batch: adversaries (a fresh mask of `fraction`) from step 0 to `num_steps`, then
+    `after` steps without them; per-step sums of `attack_metrics`."""
+    k_mask, k_run = jax.random.split(key)
+    mask = adversary_mask(k_mask, images.shape, fraction)
+    observe = lambda previous, state: attack_metrics(state, labels, mask, target)  # noqa: E731
+    _, sums = scheduled_rollout(
+        params, other, mask, model.seed_state(images), k_run, place_at=0, remove_at=num_steps,
+        num_steps=num_steps + after, fire_rate=fire_rate, noise_std=noise_std, observe=observe,
+        impl=impl,
+    )  # fmt: skip
+    return sums
+
+
+def evaluate_attack(
+    params, other, images, labels, fraction: float, *, num_steps: int = 200, after: int = 200,
+    target: int = 8, fire_rate: float = 0.5, noise_std: float = 0.0, batch_size: int = 1000,
+    seed: int = 0, impl: str = "auto", progress: bool = True,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The attack over `images` (grey, `(N, 28, 28)`) in batches: curves of `ATTACK_CURVES`,
+    `(num_steps + after,)`; the adversaries are removed after index `num_steps - 1`.
+    target_votes: share of the original's alive cells (of non-`target` digits) voting
+    `target`; target_agreement: share of non-`target` digits all of whose counted cells vote
+    it; accuracy: share of those cells voting the true label."""
+    totals = None
+    num_batches = -(-len(images) // batch_size)
+    for b in tqdm(range(num_batches), desc=f"attack {fraction:g}", disable=not progress):
+        idx = slice(b * batch_size, (b + 1) * batch_size)
+        sums = attack_batch(
+            params, other, images[idx], labels[idx], jax.random.PRNGKey(seed * 100_003 + b),
+            fraction, num_steps=num_steps, after=after, target=target, fire_rate=fire_rate,
+            noise_std=noise_std, impl=impl,
+        )  # fmt: skip
+        sums = jax.device_get(sums)
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    cells = np.maximum(totals["cells"], 1).astype(np.float64)
+    return {
+        "target_votes": totals["target_cells"] / cells,
+        "target_agreement": totals["target_agreeing"] / np.maximum(totals["digits"], 1),
+        "accuracy": totals["correct_cells"] / cells,
+    }
+
+
+def attack_report(config, params, other, images, labels, fractions, label: str, *,
+                  num_steps: int = 200, after: int = 200, target: int = 8, **kwargs):  # fmt: skip
+    """`evaluate_attack` at each adversary fraction, with the fire rate and noise `config` was
+    trained with, as the report `attack`: every curve (JSON), the table at `num_steps` and
+    `after` steps after the removal (Markdown), the curves (figure)."""
+    from nca import report
+
+    runs = {}
+    for fraction in fractions:
+        runs[fraction] = evaluate_attack(
+            params, other, images, labels, fraction, num_steps=num_steps, after=after,
+            target=target, fire_rate=config.model.fire_rate, noise_std=config.model.noise_std,
+            **kwargs,
+        )  # fmt: skip
+    end = num_steps + after
+    times = [(t, name) for t in (num_steps, end) for name in ATTACK_CURVES]
+    header = ["adversaries"] + [f"{name.replace('_', ' ')} at {t}" for t, name in times]
+    rows = [[f"{100 * f:g} %"] + [f"{100 * c[name][t - 1]:.1f}" for t, name in times]
+            for f, c in runs.items()]  # fmt: skip
+    table = (
+        f"{label}: {len(images)} test digits; adversaries from step 0, removed after step "
+        f"{num_steps}; percent of the original's alive cells of non-{target} digits\n\n"
+        + report.table(header, rows)
+        + "\n"
+    )
+    fig, axes = report.figure(1, len(ATTACK_CURVES), figsize=(4.2 * len(ATTACK_CURVES), 3.4))
+    for ax, name in zip(axes, ATTACK_CURVES, strict=True):
+        for fraction, curves in runs.items():
+            steps = np.arange(1, end + 1)
+            ax.plot(steps, curves[name], lw=1.2, label=f"{100 * fraction:g} %")
+        ax.axvline(num_steps + 0.5, color="grey", ls="--", lw=0.8)
+        ax.set_title(name.replace("_", " "))
+        ax.set_xlabel("CA step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title="adversaries")
+    fig.tight_layout()
+    curves = {str(f): {k: v.tolist() for k, v in c.items()} for f, c in runs.items()}
+    data = {"model": label, "num_digits": len(images), "steps": num_steps, "after": after,
+            "target": target, "curves": curves}  # fmt: skip
+    return report.Report("attack", data, table, fig)

@@ -1,0 +1,88 @@
+"""Two rules on one grid: the fast table path against the dense reference."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nca.selforg_mnist import adversarial, fast, losses, model
+from tests.selforg_mnist.test_fast import KEY, assert_grads_close, problem
+from tests.selforg_mnist.test_model import random_params
+
+
+@functools.lru_cache
+def two_rules():
+    params, state, labels = problem()
+    other = random_params(jax.random.PRNGKey(5), scale=0.3)
+    mask = adversarial.adversary_mask(jax.random.PRNGKey(6), state.shape[:3], 0.3)
+    return params, other, mask, state, labels
+
+
+def test_mask_fraction_and_the_step_of_each_rule():
+    params, other, mask, state, _ = two_rules()
+    assert mask.shape == (*state.shape[:3], 1) and 0.25 < float(jnp.mean(mask)) < 0.35
+    key = jax.random.PRNGKey(2)
+    nobody = jnp.zeros_like(mask)
+    mixed = adversarial.mixed_step(params, state, key, 0.5, 0.02, other=other, mask=nobody)
+    np.testing.assert_array_equal(mixed, model.step(params, state, key, 0.5, 0.02))
+    mixed = adversarial.mixed_step(params, state, key, 0.5, 0.02, other=other, mask=~nobody)
+    np.testing.assert_array_equal(mixed, model.step(other, state, key, 0.5, 0.02))
+
+
+def mixed_loss_and_grads(rollout):
+    params, other, mask, state, labels = two_rules()
+
+    def loss(other):
+        final, _ = rollout(params, other, mask, state, KEY, 20, 0.5, 0.02)
+        return losses.l2_loss(final, jnp.full_like(labels, 8)), final
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(other)
+
+
+def test_table_path_computes_the_reference_with_gradients_for_the_adversary():
+    reference = functools.partial(adversarial.mixed_rollout, impl="conv")
+    (want_loss, want), want_grads = mixed_loss_and_grads(reference)
+    for capacity in (fast.DEFAULT_CAPACITY_FRACTION, 0.01):  # 0.01: too small, dense fallback
+        table = functools.partial(
+            fast.mixed_table_rollout, capacity_fraction=capacity, exact_randomness=True
+        )
+        (loss, got), grads = mixed_loss_and_grads(table)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+        assert_grads_close(grads, want_grads)
+    # both rules really act: the mixed trajectory is neither rule's alone
+    params, other, mask, state, _ = two_rules()
+    alone = model.rollout(params, state, KEY, 20, 0.5, 0.02)[0]
+    assert not np.allclose(alone, want, atol=1e-3)
+
+
+def test_attack_metrics_count_the_originals_cells_of_attacked_digits():
+    params, other, mask, state, _ = two_rules()
+    labels = jnp.array([1, 4, 8, 9])  # digit 2 is an 8: not attacked, not counted
+    classes = jax.random.normal(jax.random.PRNGKey(9), (*state.shape[:3], 10))
+    classes = classes.at[0].set(jax.nn.one_hot(8, 10) - 0.5)  # digit 0: all vote 8
+    classes = classes.at[1].set(jax.nn.one_hot(4, 10) - 0.5)  # digit 1: all vote its label
+    state = state.at[..., -10:].set(classes * model.alive_mask(state))
+    got = jax.device_get(adversarial.attack_metrics(state, labels, mask, target=8))
+
+    alive = np.asarray(model.alive_mask(state)[..., 0] & ~mask[..., 0])
+    votes = np.asarray(classes).argmax(-1)
+    counted = alive & np.array([1, 1, 0, 1], bool)[:, None, None]
+    assert got["cells"] == counted.sum() and got["digits"] == 3
+    assert got["target_cells"] == (counted & (votes == 8)).sum()
+    assert got["correct_cells"] == (counted & (votes == np.asarray(labels)[:, None, None])).sum()
+    assert got["target_agreeing"] == 1  # digit 0 only
+
+
+def test_scheduled_rollout_places_and_removes_the_adversaries():
+    params, other, mask, state, _ = two_rules()
+    key = jax.random.PRNGKey(4)
+    got, _ = adversarial.scheduled_rollout(
+        params, other, mask, state, key, place_at=0, remove_at=3, num_steps=6, impl="conv"
+    )
+    mixed, _ = adversarial.mixed_rollout(
+        params, other, mask, state, jax.random.fold_in(key, 0), 3, impl="conv"
+    )
+    want, _ = model.rollout(params, mixed, jax.random.fold_in(key, 1), 3)
+    np.testing.assert_allclose(got, want, atol=1e-6)
