@@ -10,19 +10,28 @@ and that is what the rollouts here use.
 
 - `adversary_mask`: the mask; `mixed_step`: one step, dense (the readable reference);
 - `mixed_rollout`: `num_steps` steps on the reference or the fast `table` path
-  (`fast.mixed_table_rollout`), with the rollouts' `observe`.
+  (`fast.mixed_table_rollout`), with the rollouts' `observe`; `scheduled_rollout` places and
+  removes the adversaries at given steps;
+- `evaluate_attack` / `attack_report`: the attack's success over the test set
+  (`experiments/attack.py`);
+- `make_trainer`: trains an adversary against a frozen original (configs with an `adversary`
+  section, e.g. `configs/adversary_eight.py`; `nca.selforg_mnist.train` hands them here).
 """
 
 from __future__ import annotations
 
 import functools
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from nca.selforg_mnist import fast, model
+from nca import loop
+from nca.config import ConfigError
+from nca.selforg_mnist import fast, losses, model
 
 
 def adversary_mask(key: jax.Array, shape: tuple[int, int, int], fraction: float) -> jax.Array:
@@ -214,3 +223,83 @@ def attack_report(config, params, other, images, labels, fractions, label: str, 
     data = {"model": label, "num_digits": len(images), "steps": num_steps, "after": after,
             "target": target, "curves": curves}  # fmt: skip
     return report.Report("attack", data, table, fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Training an adversary against a frozen original (the article's notebook)
+
+
+@flax.struct.dataclass
+class AdversaryTrainState(loop.TrainState):
+    """`params` are the adversary's; the original is frozen, outside the state."""
+
+    pool_states: jax.Array  # (pool_size, 28, 28, 20) float32
+    pool_labels: jax.Array  # (pool_size,) int32: the true digits (the loss targets `target`)
+    pool_masks: jax.Array  # (pool_size, 28, 28, 1) bool: each member's adversarial cells
+
+
+def load_original(config: ml_collections.ConfigDict) -> model.Params:
+    """The frozen original of `config.adversary.original`: a shipped model's name or a workdir."""
+    from nca import checkpoint
+    from nca.selforg_mnist import pretrained
+
+    source = config.adversary.original
+    if source in pretrained.available():
+        return jax.tree.map(jnp.asarray, pretrained.load(source)[1])
+    if checkpoint.checkpoint_dir(source).is_dir():
+        return jax.tree.map(jnp.asarray, checkpoint.load_params(source)[1])
+    raise ConfigError(
+        f"adversary.original {source!r} is neither a shipped model "
+        f"({', '.join(pretrained.available())}) nor a training workdir."
+    )
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
+    """Trains `config`'s adversary: the pool + mutation recipe of `train`, with a mask per pool
+    member (fresh digits get a fresh mask, mutated ones keep theirs), the original frozen, and
+    the L2 loss pulling every alive cell's class channels to the one-hot of `target`."""
+    from nca.selforg_mnist import train
+
+    a = config.adversary
+    original = load_original(config)
+    images, labels = train.load_training_data(config)
+    plain = train.init_train_state(config, images, labels)
+    k_masks = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    init = AdversaryTrainState.create(
+        plain.params, train.make_optimizer(config), plain.rng,
+        pool_states=plain.pool_states, pool_labels=plain.pool_labels,
+        pool_masks=adversary_mask(k_masks, plain.pool_states.shape[:3], a.fraction),
+    )  # fmt: skip
+    optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
+    m = config.model
+    impl = "table" if fast.resolve_impl(m.impl) in ("alive", "table") else "conv"
+
+    def train_step(state, batch, key):
+        k_pool, k_mask, k_rollout = jax.random.split(key, 3)
+        x0, y, idx = train.assemble_batch(config, state, batch, k_pool)
+        quarter = config.batch_size // 4
+        fresh = adversary_mask(k_mask, (quarter, *x0.shape[1:3]), a.fraction)
+        mask = jnp.concatenate([fresh, state.pool_masks[idx[quarter:]]])
+        targets = jnp.full_like(y, a.target)
+
+        def objective(adversary):
+            x, _ = mixed_rollout(original, adversary, mask, x0, k_rollout, config.num_ca_steps,
+                                 m.fire_rate, m.noise_std, impl=impl)  # fmt: skip
+            return losses.l2_loss(x, targets), x
+
+        new, x, metrics = loop.gradient_step(state, objective, optimizer, schedule)
+        new = new.replace(
+            pool_states=state.pool_states.at[idx].set(x),
+            pool_labels=state.pool_labels.at[idx].set(y),
+            pool_masks=state.pool_masks.at[idx].set(mask),
+        )
+        return new, metrics
+
+    return loop.Trainer(
+        init_state=init,
+        train_step=train_step,
+        train_data={"images": images, "labels": labels},
+        batch_size=train.num_fresh_digits(config),
+        sharded_fields=("pool_states", "pool_labels", "pool_masks"),
+        resumable=train.resumable,
+    )

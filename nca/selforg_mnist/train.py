@@ -178,6 +178,9 @@ CONFIG_RANGES = {
     "adam_eps": config_lib.positive(),
     "grad_norm_eps": config_lib.at_least(0),
     "data.max_train_images": config_lib.at_least(0),  # 0: all
+    # an adversary's config (nca/selforg_mnist/adversarial.py)
+    "adversary.fraction": config_lib.fraction(low_open=True),
+    "adversary.target": config_lib.Range(0, model.NUM_CLASSES - 1),
 }
 
 
@@ -192,6 +195,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"unknown {field} {value!r}; choose one of {', '.join(valid)}.")
+    if config.get("adversary") and not (config.use_pool and config.mutate):
+        raise ConfigError("an adversary trains with the pool and mutation (use_pool, mutate).")
     if config.use_pool and not 4 <= config.batch_size <= config.pool_size:
         raise ConfigError(
             f"batch_size {config.batch_size} must be at least 4 (a quarter is replaced, a quarter "
@@ -259,8 +264,13 @@ def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, n
 
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> loop.Trainer:
-    """The self-classifying MNIST CA: params replicated, the pool sharded along `data`."""
+    """The self-classifying MNIST CA: params replicated, the pool sharded along `data`. A
+    config with an `adversary` section trains an adversary instead (`adversarial.make_trainer`)."""
     validate_config(config)
+    if config.get("adversary"):
+        from nca.selforg_mnist import adversarial
+
+        return adversarial.make_trainer(config, mesh)
     images, labels = load_training_data(config)
     return loop.Trainer(
         init_state=init_train_state(config, images, labels),

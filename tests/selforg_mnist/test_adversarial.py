@@ -1,14 +1,19 @@
 """Two rules on one grid: the fast table path against the dense reference."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from nca.selforg_mnist import adversarial, fast, losses, model
+from nca import loop
+from nca.config import ConfigError
+from nca.selforg_mnist import adversarial, fast, losses, model, pretrained, train
 from tests.selforg_mnist.test_fast import KEY, assert_grads_close, problem
 from tests.selforg_mnist.test_model import random_params
+from tests.selforg_mnist.test_train import tiny_config
 
 
 @functools.lru_cache
@@ -86,3 +91,41 @@ def test_scheduled_rollout_places_and_removes_the_adversaries():
     )
     want, _ = model.rollout(params, mixed, jax.random.fold_in(key, 1), 3)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_adversary_training_keeps_masks_of_kept_members_and_lowers_the_loss(mnist_dir, tmp_path):
+    config = tiny_config(mnist_dir, "adversary_eight:smoke", num_train_steps=40, log_every=1,
+                         learning_rate=3e-3, lr_boundaries=(1000,))  # fmt: skip
+    mesh = loop.make_mesh(1)
+    trainer = train.make_trainer(config, mesh)
+    state, step = loop.compile_trainer(trainer, mesh)
+    before = np.asarray(state.pool_masks)
+    batch = loop.sample_batch(trainer.train_data, trainer.batch_size, config.seed, 0)
+    key = jax.random.fold_in(state.rng, 0)
+    _, _, idx = train.assemble_batch(config, state, batch, jax.random.split(key, 3)[0])
+    idx = np.asarray(idx)
+    after = np.asarray(step(state, batch, key)[0].pool_masks)  # (the step donates `state`)
+    untouched = np.setdiff1d(np.arange(config.pool_size), idx)
+    np.testing.assert_array_equal(after[untouched], before[untouched])
+    np.testing.assert_array_equal(after[idx[1:]], before[idx[1:]])  # a quarter (1 of 4) is new
+
+    final = loop.train_and_evaluate(config, tmp_path, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    losses_ = [r["train/loss"] for r in rows]
+    assert np.mean(losses_[-10:]) < 0.8 * np.mean(losses_[:10]), losses_
+    _, shipped = pretrained.load(config.adversary.original)  # the original stays frozen
+    assert not np.allclose(final.params["hidden"]["kernel"], shipped["hidden"]["kernel"])
+
+
+def test_adversary_config_errors(mnist_dir):
+    config = tiny_config(mnist_dir, "adversary_eight:smoke")
+    config.adversary.original = "nonexistent"
+    with pytest.raises(ConfigError, match="neither a shipped model"):
+        train.make_trainer(config, loop.make_mesh(1))
+    config = tiny_config(mnist_dir, "adversary_eight:smoke", use_pool=False)
+    with pytest.raises(ConfigError, match="pool and mutation"):
+        train.validate_config(config)
+    config = tiny_config(mnist_dir, "adversary_eight:smoke")
+    config.adversary.fraction = 0.0
+    with pytest.raises(ConfigError, match=r"adversary.fraction=0.0 is out of range"):
+        loop.check_config(config)

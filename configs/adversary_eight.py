@@ -1,0 +1,28 @@
+"""An adversary whose cells, scattered over 10 % of the grid among a frozen original's, make
+every digit vote 8 (Randazzo et al., "Adversarial Reprogramming of Neural Cellular Automata",
+Distill 2021; nca/selforg_mnist/adversarial.py).
+
+    python -m experiments.train --config=adversary_eight --workdir=workdirs/adversary_eight
+    python -m experiments.train --config=adversary_eight \
+        --config.adversary.original=distill_l2_noise --workdir=workdirs/adversary_distill
+    python -m experiments.attack --model=l2_noise --adversary=workdirs/adversary_eight \
+        --out=docs/selforg_mnist/adversarial/ours
+
+The notebook's recipe, the original's: batch 16, pool 160 with mutation (fresh digits get a
+fresh mask, mutated ones keep theirs), L2 on every alive cell's class channels against the
+one-hot of `target` after 20 steps, Adam 1e-3 x0.1 at 30k and 70k of 100k iterations; only the
+adversary trains. Options as for `l2_noise` (`:smoke`, `:short`, `:20k`).
+"""
+
+import ml_collections
+
+from configs.common import selforg_mnist_config
+
+
+def get_config(arg=None):
+    c = selforg_mnist_config(loss="l2", noise_std=0.02, arg=arg)
+    c.adversary = ml_collections.ConfigDict()
+    c.adversary.original = "l2_noise"  # the frozen original: a shipped model or a workdir
+    c.adversary.fraction = 0.1  # share of the cells that are adversarial (one draw per cell)
+    c.adversary.target = 8  # the label the adversary pushes every digit to
+    return c
