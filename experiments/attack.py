@@ -8,9 +8,10 @@
 For each adversary fraction, a fresh random mask per batch marks that share of the cells as
 the adversary's (Randazzo et al., Distill 2021; nca/selforg_mnist/adversarial.py); the
 adversaries act from step 0, are removed after `--steps`, and the CA runs `--after` more steps.
-Writes `<out>/attack.json` (every curve), `attack.md` (the table at both times) and
-`attack.png`: the share of the original's alive cells (of non-target digits) voting the target,
-the share of those digits agreeing on it, and the cells' accuracy on the true label.
+Writes `<out>/attack.json` (every curve), `attack.md` (the table at both times), `attack.png`
+and `attack_video.gif` / `.mp4` (adversarial cells black while they act). Measured: the share of
+the original's alive cells (of non-target digits) voting the target, the share of those digits
+agreeing on it, and the cells' accuracy on the true label.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ _STEPS = flags.DEFINE_integer("steps", 200, "CA steps with the adversaries.", lo
 _AFTER = flags.DEFINE_integer("after", 200, "CA steps after removing them.", lower_bound=0)
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Digits per batch.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks, fire masks and noise.", lower_bound=0)
+_VIDEO = flags.DEFINE_integer("video_digits", 16, "Digits in attack_video.gif/.mp4 (0: none).",
+                              lower_bound=0)  # fmt: skip
+_VIDEO_FRACTION = flags.DEFINE_float("video_fraction", 0.1, "Adversary share in the video.",
+                                     lower_bound=0, upper_bound=1)  # fmt: skip
 _OUT = flags.DEFINE_string("out", None, "Folder for attack.{json,md,png}.")
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
 flags.mark_flags_as_required(["out"])
@@ -69,6 +74,14 @@ def main(argv):
         batch_size=_BATCH.value, seed=_SEED.value,
     )  # fmt: skip
     report.write(_OUT.value, result, dpi=110)
+    if _VIDEO.value:
+        stem = Path(_OUT.value) / "attack_video"
+        adversarial.attack_video(
+            attacked["config"], attacked["params"], adversary["params"],
+            data.to_grey(images[: _VIDEO.value]), stem, fraction=_VIDEO_FRACTION.value,
+            num_steps=_STEPS.value, after=_AFTER.value, seed=_SEED.value,
+        )  # fmt: skip
+        print(f"wrote {stem}.gif and .mp4 (adversarial cells black while they act)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ and that is what the rollouts here use.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import flax.struct
 import jax
@@ -303,3 +304,50 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         sharded_fields=("pool_states", "pool_labels", "pool_masks"),
         resumable=train.resumable,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Video
+
+ADVERSARY_COLOUR = np.array([0, 0, 0], np.uint8)  # adversarial cells, while they act
+
+
+@functools.partial(
+    jax.jit, static_argnames=("num_steps", "after", "fire_rate", "noise_std", "impl")
+)
+def attack_trajectory(params, other, mask, images, key, *, num_steps, after, fire_rate,
+                      noise_std, impl="auto"):  # fmt: skip
+    """Per step `(T, B, H, W)` labels and alive masks of `scheduled_rollout` from the seeds
+    of `images`, adversaries from step 0 to `num_steps`."""
+
+    def observe(_, state):
+        return model.cell_labels(state), model.alive_mask(state)[..., 0]
+
+    return scheduled_rollout(
+        params, other, mask, model.seed_state(images), key, place_at=0, remove_at=num_steps,
+        num_steps=num_steps + after, fire_rate=fire_rate, noise_std=noise_std, observe=observe,
+        impl=impl,
+    )[1]  # fmt: skip
+
+
+def attack_video(config, params, other, images, stem, *, fraction: float, num_steps: int,
+                 after: int, seed: int = 0, columns: int = 4, scale: int = 4, every: int = 2,
+                 fps: int = 20) -> None:  # fmt: skip
+    """`stem`.gif and .mp4: `images` under attack, cells in their label's colour, adversarial
+    cells black while they act (until step `num_steps`), then `after` steps without them."""
+    from nca.selforg_mnist import render
+
+    k_mask, k_run = jax.random.split(jax.random.PRNGKey(seed))
+    mask = adversary_mask(k_mask, images.shape, fraction)
+    labels, alive = jax.device_get(attack_trajectory(
+        params, other, mask, images, k_run, num_steps=num_steps, after=after,
+        fire_rate=config.model.fire_rate, noise_std=config.model.noise_std,
+    ))  # fmt: skip
+    marked = np.asarray(mask[..., 0])
+    frames = []
+    for t in range(0, len(labels), every):
+        rgb = np.where(alive[t][..., None], render.ARTICLE_PALETTE[labels[t]], render.WHITE)
+        if t < num_steps:
+            rgb = np.where((marked & alive[t])[..., None], ADVERSARY_COLOUR, rgb)
+        frames.append(render.pad_to_multiple(render.upscale(render.tile(rgb, columns), scale)))
+    render.write_video(Path(stem), frames, fps)

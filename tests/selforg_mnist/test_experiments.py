@@ -285,7 +285,8 @@ def test_attack_writes_the_table_and_curves_and_rejects_bad_fractions(
     smoke_workdir, mnist_dir, tmp_path
 ):
     args = [f"--workdir={smoke_workdir}", f"--mnist_dir={mnist_dir}", "--num_digits=16",
-            "--steps=4", "--after=3", "--batch_size=8", f"--out={tmp_path}"]  # fmt: skip
+            "--steps=4", "--after=3", "--batch_size=8", f"--out={tmp_path}",
+            "--video_digits=4"]  # fmt: skip
     out = run(module("attack", *args, "--fractions=0,0.5"))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "attack.json").read_text())
@@ -294,6 +295,8 @@ def test_attack_writes_the_table_and_curves_and_rejects_bad_fractions(
     table = (tmp_path / "attack.md").read_text()
     assert "| 50 % |" in table and "target votes at 4" in table and "accuracy at 7" in table
     assert (tmp_path / "attack.png").stat().st_size > 10_000
+    frames = imageio.mimread(tmp_path / "attack_video.gif")
+    assert len(frames) == 4 and frames[0].shape[0] % 16 == 0  # 7 steps, every 2nd
 
     out = run(module("attack", *args, "--fractions=0.1,2"))
     assert out.returncode == 1 and "error: --fractions must lie in [0, 1]" in out.stderr
