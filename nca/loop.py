@@ -22,7 +22,8 @@ systems: adding one adds a folder.
 
 Multi-process (several hosts, after `jax.distributed.initialize()`): every process runs the same
 loop on the global mesh and takes part in Orbax saves; process 0 alone holds the lock and writes
-`metrics.jsonl`, the TensorBoard events, `config.json` and `config_changes.jsonl`. The workdir
+`metrics.jsonl`, the TensorBoard events, `config.json`, `config_changes.jsonl` and
+`sessions.jsonl`. The workdir
 must then be on storage every host sees.
 """
 
