@@ -6,8 +6,9 @@ into a numpy `.npz` (no pickle): every train-state leaf by its key path (params,
 state, rng, step, the pool), the config as JSON, `metrics.jsonl`, `config_changes.jsonl` and
 `sessions.jsonl`, and the params of each milestone checkpoint (steps at multiples of
 `keep_every`). `restore` unpacks it into a fresh workdir as ordinary Orbax checkpoints, so the
-usual train command continues the run: with the pool carried, exactly as an uninterrupted run would (bit for bit); milestones come
-back as params-only checkpoints that `checkpoint.load_params(workdir, step)` reads.
+usual train command continues the run: with the pool carried, exactly as an uninterrupted run
+would (bit for bit); milestones come back as params-only checkpoints that
+`checkpoint.load_params(workdir, step)` reads.
 
 Nothing here knows a system. A state's pool is its top-level fields named `pool*` (the
 self-classifying CA: `pool_states`, `pool_labels`; MetaNCA: `pools`). Arrays are stored
