@@ -6,8 +6,9 @@
 
 Writes `nca/pretrained/<name>.npz` (params) and `<name>.json` (the config and a provenance text
 built from the workdir: config name, iterations trained, learning-rate schedule, config changes
-on resume, and the `eval_restart.json` summary when it evaluated the exported checkpoint). An
-existing model of that name is only replaced with --overwrite.
+on resume, the devices of each start (`sessions.jsonl`), and the `eval_restart.json` summary
+when it evaluated the exported checkpoint). An existing model of that name is only replaced with
+--overwrite.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def provenance(workdir: Path, config, step: int, note: str = "") -> str:
             row = json.loads(line)
             listed = "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in row["changes"].items())
             parts.append(f"Resumed at iteration {row['step']:,} with {listed}.")
+    sessions = workdir / "sessions.jsonl"  # absent in workdirs from before it existed
+    if sessions.is_file():
+        rows = [json.loads(line) for line in sessions.read_text().splitlines()]
+        ran = "; ".join(f"from {r['step']:,} on {r['devices']} (jax {r['jax']})" for r in rows)
+        parts.append(f"Devices: {ran}.")
     result = workdir / "eval_restart.json"
     r = json.loads(result.read_text()) if result.is_file() else {}
     if r.get("checkpoint_step") == step:  # an evaluation of an older checkpoint is left out

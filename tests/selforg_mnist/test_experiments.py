@@ -246,6 +246,7 @@ def test_export_ships_a_workdir_by_name(evaluated_workdir, tmp_path, monkeypatch
     assert "Evaluated on 8 test digits (restart protocol, 3 steps)" in meta["provenance"]
     assert meta["provenance"].endswith("A test run.")
     assert "Started from" not in meta["provenance"]
+    assert "Devices: from 0 on 1 x cpu (jax " in meta["provenance"]
     from experiments import export as export_script
 
     config.init_from = "l2_noise"  # a fine-tuned run says where it started
