@@ -4,7 +4,7 @@
 
 Measures, in one run on this machine:
 1. training iterations/s of the full `l2_noise` config (batch 16, 20 steps, L2 + noise);
-2. inference cell updates/s on 1000 test digits (200 steps; fewer for the slow reference);
+2. inference cell updates/s on 1000 test digits (200 steps; 10 for the dense paths);
 3. achieved GFLOP/s, counting the model's dense FLOPs per cell update (44,640 forward, x3 for a
    training step), next to this machine's measured float32 matmul rate;
 4. `table` data-parallel over all cores (one CPU device per core, `fast.per_device`): the
@@ -32,7 +32,7 @@ from nca.selforg_mnist import evaluate, fast, model, train
 
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Folder for the JSON and Markdown.")
 _EVAL = flags.DEFINE_bool("eval_protocol", False, "Also time 10k digits x 400 steps.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed training iterations per implementation.")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed training iterations per implementation.")
 
 FORWARD_FLOPS_PER_CELL = 2 * (9 * 20 * 80 + 80 * 80 + 80 * 19)  # 44,640
 IMPLS = ("conv", "im2col", "alive", "table")
@@ -139,7 +139,7 @@ def main(argv):
     for impl in IMPLS:
         repeats = 2 if impl == "conv" else _REPEATS.value
         results["train"][impl] = train_rate(impl, train_images, train_labels, repeats)
-        steps = 10 if impl == "conv" else 200
+        steps = 10 if impl in ("conv", "im2col") else 200  # the dense paths: 10 steps
         results["inference"][impl] = inference_rate(impl, params, grey, test_labels[:1000], steps)
         print(impl, results["train"][impl], results["inference"][impl])
     parallel = f"table, {cores} devices"
