@@ -11,15 +11,16 @@ Distill 2021; nca/selforg_mnist/adversarial.py).
 The notebook's recipe, the original's: batch 16, pool 160 with mutation (fresh digits get a
 fresh mask, mutated ones keep theirs), L2 on every alive cell's class channels against the
 one-hot of `target` after 20 steps, Adam 1e-3 x0.1 at 30k and 70k of 100k iterations; only the
-adversary trains. Options as for `l2_noise` (`:smoke`, `:short`, `:20k`).
+adversary trains. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply).
 """
 
 import ml_collections
 
-from configs.common import selforg_mnist_config
+from configs.common import parse_options, selforg_mnist_config
 
 
 def get_config(arg=None):
+    parse_options(arg, ("smoke", "short", "20k"), example="adversary_eight:smoke")
     c = selforg_mnist_config(loss="l2", noise_std=0.02, arg=arg)
     c.adversary = ml_collections.ConfigDict()
     c.adversary.original = "l2_noise"  # the frozen original: a shipped model or a workdir

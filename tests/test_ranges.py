@@ -71,11 +71,12 @@ def first_entry(value):
     return first_entry(value[0]) if isinstance(value, (tuple, list)) and value else value
 
 
-REPRESENTATIVES = ("l2_noise", "metanca_mnist", "hybrid:gate_patch")
+REPRESENTATIVES = ("l2_noise", "adversary_eight", "metanca_mnist", "hybrid:gate_patch")
 CASES = [
     (spec, name, bad)
     for spec in REPRESENTATIVES
     for name, allowed in ranges_of(VARIANTS[spec]).items()
+    if config_lib.field_value(VARIANTS[spec], name, None) is not None  # e.g. adversary.* only
     for bad in out_of_range(allowed, first_entry(config_lib.field_value(VARIANTS[spec], name)))
 ]
 
@@ -179,19 +180,23 @@ BAD_RUNS = {
     "demo": ["--model=distill_l2_noise", "--port=70000", "--export_only=out/d"],
     "sweep": ["--configs=l2_noise:smoke", "--root=out/s", "--set=model.fire_rate=0"],
     "sweep_seeds": ["--configs=l2_noise:smoke", "--root=out/s", "--seeds=0,-1"],
+    "attack": ["--model=distill_l2_noise", "--target=10", "--out=out/a"],
+    "attack_fractions": ["--model=distill_l2_noise", "--fractions=0.1,1.5", "--out=out/a"],
+    "trainingLength": ["--workdir=out/w", "--steps=10,0", "--out=out/t"],
 }
 
 
 def test_every_command_with_numbers_has_a_bad_run():
     numeric = {"train", "evaluate", "render", "robustness", "restore", "metanca", "bundle",
-               "demo", "sweep"}  # fmt: skip
-    assert numeric <= {k.split("_")[0] for k in BAD_RUNS}
+               "demo", "sweep", "attack", "training_length"}  # fmt: skip
+    assert numeric <= {k.split("_")[0].replace("trainingLength", "training_length")
+                       for k in BAD_RUNS}  # fmt: skip
     assert set(COMMANDS) - numeric == {"export", "import_distill"}  # no numbers to check
 
 
 @pytest.mark.parametrize("case", sorted(BAD_RUNS))
 def test_an_out_of_range_value_stops_the_command(case, tmp_path):
-    command = case.split("_")[0]
+    command = case.split("_")[0].replace("trainingLength", "training_length")
     out = subprocess.run(
         [sys.executable, "-m", f"experiments.{command}", *BAD_RUNS[case]],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,

@@ -16,9 +16,9 @@ Shipped:
   doi:10.23915/distill.00027.004), from `google-research/self-organising-systems`, Apache-2.0:
   a rule of the same architecture whose cells, scattered among the original's, make digits
   read "8". Not a classifier on its own.
-- `l2_noise`, `l2`, `ce`: trained with this codebase (`l2_noise:20k`, `l2:20k`, `ce:20k`: 20,000
-  iterations on one CPU core each; `l2_noise` then fine-tuned 10,000 more); their `.json` gives
-  the schedule and the full-test-set evaluation.
+- `l2_noise`, `l2`, `ce`: trained with this codebase; `l2_noise` is seed 0 of the article's full
+  100k-iteration schedule, `l2` and `ce` the 20k schedule (`l2:20k`, `ce:20k`); their `.json`
+  gives the schedule and the full-test-set evaluation.
 """
 
 from __future__ import annotations
