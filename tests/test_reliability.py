@@ -218,7 +218,8 @@ def test_trim_metrics_drops_later_and_torn_rows(tmp_path):
 
 def test_two_processes_train_and_resume_exactly_like_one(tmp_path, mnist_dir):
     """Multi-host training (`--distributed`), as on a TPU pod, with two CPU processes: the same
-    losses and params as one process, one metrics file, and a two-process resume."""
+    losses and params as one process with two devices (each device draws its own slice's
+    randomness, `fast.per_device`), one metrics file, and a two-process resume."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -249,7 +250,7 @@ def test_two_processes_train_and_resume_exactly_like_one(tmp_path, mnist_dir):
     first = two_processes("--config.num_train_steps=8")
     assert "process 1 of 2" in first[1]
     two_processes()  # resumes at 8, ends at 12
-    out = run(train_cmd(tmp_path / "one", mnist_dir))
+    out = run(train_cmd(tmp_path / "one", mnist_dir, "--cpu_devices=2"))
     assert out.returncode == 0, out.stderr[-3000:]
     losses = {
         n: [json.loads(line)["train/loss"] for line in open(tmp_path / n / "metrics.jsonl")]
