@@ -62,9 +62,7 @@ def main(argv):
     cli.reject_positional(argv)
     shares = fractions()
     attacked = cli.load_one_model(_WORKDIR.value, _MODEL.value)
-    name = _ADVERSARY.value
-    adversary = cli.load_one_model(name if Path(name).is_dir() else None,
-                                   None if Path(name).is_dir() else name)  # fmt: skip
+    adversary = cli.load_shipped_or_workdir(_ADVERSARY.value)
     images, labels = data.load_mnist("test", _DATA.value)
     n = _NUM_DIGITS.value
     result = adversarial.attack_report(

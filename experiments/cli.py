@@ -107,6 +107,12 @@ def load_one_model(workdir: str | None, model_name: str | None, default: str | N
     return load_models([workdir] if workdir else [], names)[0]
 
 
+def load_shipped_or_workdir(value: str) -> dict:
+    """A model given as a shipped name or as a workdir path (flags such as `--adversary`)."""
+    is_dir = Path(value).is_dir()
+    return load_one_model(value if is_dir else None, None if is_dir else value)
+
+
 def config_name(config_filename: str) -> str:
     """`/path/to/l2_noise.py:smoke` -> `l2_noise:smoke`."""
     path, sep, arg = config_filename.partition(":")

@@ -38,14 +38,16 @@ webdriver = pytest.importorskip(
 )
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 from nca import data  # noqa: E402
-from nca.selforg_mnist import demo, model, pretrained  # noqa: E402
+from nca.selforg_mnist import adversarial, demo, model, pretrained  # noqa: E402
 
 MODEL = "distill_l2_noise"
+ADVERSARY = "distill_adversary_eight"
 SURE_DIGITS = (0, 3, 8, 21, 30)  # MNIST test digits the model classifies with full agreement
 
 
@@ -187,7 +189,7 @@ def test_server_serves_only_its_files_on_localhost(server):
         return status
 
     for path in ("/", "/index.html", "/ca.js", "/style.css", "/params.json", "/digits.json",
-                 "/ca.js?v=1"):  # fmt: skip
+                 "/adversary.json", "/ca.js?v=1"):  # fmt: skip
         assert get(path) == 200, path
     for path in ("/../pyproject.toml", "/etc/passwd", "//etc/passwd", "/%2e%2e/pyproject.toml",
                  "/../../../../etc/passwd", "/nca/demo/ca.js", "/__init__.py", "/nca/",
@@ -266,6 +268,34 @@ def test_js_step_matches_jax(page, shipped):
     np.testing.assert_array_equal(labels.reshape(h, w), want)
 
 
+def drag(driver, canvas, w: int, start: tuple[float, float], moves) -> None:
+    """A left-button stroke on the canvas: from `start` (cells from its centre), by each move
+    (cells)."""
+    cell = canvas.size["width"] / w  # pixels per cell; offsets are from the canvas' centre
+    actions = ActionChains(driver, duration=10)
+    actions.move_to_element_with_offset(canvas, int(start[0] * cell), int(start[1] * cell))
+    actions.click_and_hold()
+    for dx, dy in moves:
+        for _ in range(5):
+            actions.move_by_offset(int(dx * cell / 5), int(dy * cell / 5))
+    actions.release().perform()
+
+
+def adversary_mask(driver, h: int, w: int) -> np.ndarray:
+    return np.asarray(driver.execute_script("return window.ncaDemo.adversaryMask();"),
+                      bool).reshape(h, w)  # fmt: skip
+
+
+def canvas_pixels(driver) -> np.ndarray:
+    """The grid canvas as `(height, width, 4) uint8`."""
+    flat = driver.execute_script(
+        "const c = document.getElementById('grid');"
+        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);"
+    )
+    size = int(np.sqrt(len(flat) // 4))
+    return np.asarray(flat, np.uint8).reshape(size, size, 4)
+
+
 def test_drawing_with_the_mouse(page):
     driver, h, w = page
     driver.find_element(By.ID, "clear").click()
@@ -275,13 +305,7 @@ def test_drawing_with_the_mouse(page):
     assert driver.execute_script("return window.ncaDemo.error;") in (None, "")
     assert not np.any(page_state(driver, h, w))
     canvas = driver.find_element(By.ID, "grid")
-    cell = canvas.size["width"] / w  # pixels per cell; offsets are from the canvas' centre
-    actions = ActionChains(driver, duration=10)
-    actions.move_to_element_with_offset(canvas, int(-7 * cell), int(-10 * cell)).click_and_hold()
-    for dx, dy in [(14, 0), (-5, 10), (-4, 10)]:  # a 7: top bar, then the diagonal
-        for _ in range(5):
-            actions.move_by_offset(int(dx * cell / 5), int(dy * cell / 5))
-    actions.release().perform()
+    drag(driver, canvas, w, (-7, -10), [(14, 0), (-5, 10), (-4, 10)])  # a 7: bar, diagonal
     labels = np.asarray(driver.execute_script("return window.ncaDemo.labels();")).reshape(h, w)
     alive = labels >= 0
     assert 60 < alive.sum() < 0.3 * h * w
@@ -336,12 +360,120 @@ def test_majority_labels_match_jax(page, shipped):
     assert page_majority == jax_majority == true_labels.tolist()
 
 
+def test_js_mixed_step_matches_jax(page, shipped):
+    """With adversaries marked, stepWith gives `adversarial.mixed_step`'s states to 1e-4: the
+    marked cells follow the adversary's rule, the others the model's."""
+    driver, h, w = page
+    config, params = shipped
+    _, other = pretrained.load(ADVERSARY)
+    grey = centred((real_digits([0])[0] if SHARED_MNIST.is_dir() else stroke_digit()[None]), h, w)
+    mask = np.random.default_rng(0).random((1, h, w, 1)) < 0.3
+    set_grey(driver, np.zeros((h, w), np.float32))
+    set_grey(driver, grey[0])
+    driver.execute_script("window.ncaDemo.setAdversaries(arguments[0]);", mask.ravel().tolist())
+    np.testing.assert_array_equal(adversary_mask(driver, h, w), mask[0, ..., 0])
+    state = model.seed_state(grey)
+    fire_rate, noise_std = config.model.fire_rate, config.model.noise_std
+    step = jax.jit(
+        functools.partial(
+            adversarial.mixed_step,
+            fire_rate=fire_rate,
+            noise_std=noise_std,
+            other=other,
+            mask=jnp.asarray(mask),
+        )
+    )
+    plain = jax.jit(functools.partial(model.step, fire_rate=fire_rate, noise_std=noise_std))
+    for t in range(6):
+        key = jax.random.PRNGKey(t)
+        fire_mask, noise = model.draw_step_randomness(key, state.shape, fire_rate, noise_std)
+        state, original = step(params, state, key), state
+        driver.execute_script(
+            "window.ncaDemo.stepWith(arguments[0], arguments[1]);",
+            np.asarray(fire_mask).ravel().tolist(), np.asarray(noise).ravel().tolist(),
+        )  # fmt: skip
+        np.testing.assert_allclose(page_state(driver, h, w), np.asarray(state[0]), atol=1e-4)
+    # the adversary's cells did differ from what the model alone would have done
+    alone = plain(params, original, key)
+    moved = np.asarray(model.alive_mask(state))[0, ..., 0] & mask[0, ..., 0]
+    assert moved.sum() > 10
+    assert np.abs(np.asarray(alone - state)[0][moved]).max() > 1e-2
+    driver.execute_script("window.ncaDemo.removeAdversaries();")
+    assert not adversary_mask(driver, h, w).any()
+
+
+def test_adversary_pen_outline_and_remove_button(page):
+    """The adversaries pen marks the cells under the stroke, which get a black outline and leave
+    the votes; the button removes them, and the model's cells keep their states."""
+    driver, h, w = page
+    driver.find_element(By.ID, "clear").click()
+    grey = np.zeros((h, w), np.float32)
+    grey[h // 2 - 12 : h // 2 + 12, w // 2 - 3 : w // 2 + 3] = 1.0  # a bar: a 1
+    set_grey(driver, grey)
+    driver.find_element(By.CSS_SELECTOR, "input[name=mode][value=adversary]").click()
+    canvas = driver.find_element(By.ID, "grid")
+    drag(driver, canvas, w, (-8, -6), [(16, 0)])  # across the bar's upper half
+    mask = adversary_mask(driver, h, w)
+    rows, cols = np.nonzero(mask)
+    assert 20 < mask.sum() < 200 and rows.max() < h // 2 and cols.max() - cols.min() > 12
+    grey_after = page_state(driver, h, w)[..., 0]
+    np.testing.assert_array_equal(grey_after, grey)  # the adversaries pen leaves the drawing
+    driver.execute_script("window.ncaDemo.step();")  # render
+    pixels = canvas_pixels(driver)
+    scale = pixels.shape[0] // h
+    alive_marked = np.argwhere(mask & (grey > 0.1))
+    y, x = alive_marked[len(alive_marked) // 2]
+    assert (pixels[y * scale + 1, x * scale + scale // 2, :3] == 0).all()  # the outline: black
+    status = driver.find_element(By.ID, "status").text
+    assert f"{len(alive_marked)} adversarial" in status
+    shares = [float(e.text.rstrip("%")) for e in driver.find_elements(By.CSS_SELECTOR, ".share")]
+    assert abs(sum(shares) - 100) <= 10  # the model's cells' votes still sum to 100 %
+    before = page_state(driver, h, w)
+    driver.find_element(By.ID, "remove").click()
+    assert not adversary_mask(driver, h, w).any()
+    np.testing.assert_array_equal(page_state(driver, h, w), before)
+    driver.execute_script("window.ncaDemo.step();")
+    pixels = canvas_pixels(driver)
+    assert not (pixels[y * scale + 1, x * scale + scale // 2, :3] == 0).all()
+    assert "adversarial" not in driver.find_element(By.ID, "status").text
+    driver.find_element(By.CSS_SELECTOR, "input[name=mode][value=draw]").click()
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"needs real MNIST in {SHARED_MNIST}")
+def test_scattered_adversaries_turn_digits_into_eights_and_removal_heals(page):
+    """The published attack in the page: 10 % adversaries scattered over the grid make the
+    model's cells of 5 non-8 digits vote 8 after 200 steps; 200 steps after the removal button,
+    most are back to their own label. (In 6 JAX rollouts of these digits each, the majority was
+    8 in all 30, and 7, 5 and 3 recovered every time; the 0 never, the 6 in 4 of 6.)"""
+    driver, h, w = page
+    images, true_labels = real_digits(SURE_DIGITS)
+    attacked, healed = [], []
+    for digit in centred(images, h, w):
+        set_grey(driver, np.zeros((h, w), np.float32))
+        set_grey(driver, digit)
+        driver.find_element(By.ID, "scatter").click()
+        share = adversary_mask(driver, h, w).mean()
+        assert 0.07 < share < 0.13
+        attacked.append(driver.execute_script(
+            "for (let i = 0; i < 200; i++) window.ncaDemo.step();"
+            "return window.ncaDemo.majorityLabel();"
+        ))  # fmt: skip
+        driver.find_element(By.ID, "remove").click()
+        healed.append(driver.execute_script(
+            "for (let i = 0; i < 200; i++) window.ncaDemo.step();"
+            "return window.ncaDemo.majorityLabel();"
+        ))  # fmt: skip
+    assert attacked == [8] * len(SURE_DIGITS)
+    assert sum(a == b for a, b in zip(healed, true_labels.tolist(), strict=True)) >= 3, healed
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     """`--export_only` without MNIST: the site, with no digits.json."""
     out = tmp_path_factory.mktemp("site")
     result = subprocess.run(
-        demo_command(f"--export_only={out}", f"--mnist_dir={out / 'no_mnist_here'}"),
+        demo_command(f"--export_only={out}", f"--mnist_dir={out / 'no_mnist_here'}",
+                     "--adversary=none"),
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -365,6 +497,9 @@ def static_server(exported):
 def test_static_export_without_digits(driver, static_server):
     open_page(driver, static_server)
     assert driver.find_element(By.ID, "random").get_attribute("disabled") is not None
+    assert not driver.execute_script("return window.ncaDemo.hasAdversary();")
+    for css in ("#scatter", "#remove", "input[name=mode][value=adversary]"):
+        assert driver.find_element(By.CSS_SELECTOR, css).get_attribute("disabled") is not None
     assert not driver.find_element(By.ID, "error").is_displayed()
 
 

@@ -5,7 +5,12 @@ plain JavaScript. It reads two JSON files that this module builds from a model:
 
 - `params.json`: every parameter as a flat list of float32 values (shortest decimal that reads
   back as the same float32), with the layer's name and shape, plus `fire_rate` and `noise_std`;
-- `digits.json` (only when MNIST can be loaded): random test digits, 28x28 uint8, with labels.
+- `digits.json` (only when MNIST can be loaded): random test digits, 28x28 uint8, with labels;
+- `adversary.json` (optional, the format of `params.json`): a second rule, e.g. the published
+  adversary of Adversarial Reprogramming of NCA (Distill 2021). The page's adversary pen marks
+  cells that follow it instead of the model (`nca.selforg_mnist.adversarial.mixed_step`: both
+  rules see the same state, fire mask and noise; the model's fire rate and noise apply), and a
+  button removes them again (their states stay and follow the model).
 
 `site_files` gives the whole site as `{url path: (bytes, content type)}`; `make_server` serves
 exactly those paths (anything else is 404, so there is no directory listing and no way out of
@@ -31,6 +36,7 @@ STATIC_FILES = {
 }
 PARAMS_FILE = "params.json"
 DIGITS_FILE = "digits.json"
+ADVERSARY_FILE = "adversary.json"
 PARAMS_FORMAT = "nca-demo-params/1"
 # The page's layer names and shapes, in the order the page reads them (HWIO kernels).
 LAYER_SHAPES = {
@@ -105,12 +111,15 @@ def digits_json(images: np.ndarray, labels: np.ndarray, num: int = 100, seed: in
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def site_files(params_bytes: bytes, digits_bytes: bytes | None) -> dict[str, tuple[bytes, str]]:
+def site_files(
+    params_bytes: bytes, digits_bytes: bytes | None, adversary_bytes: bytes | None = None
+) -> dict[str, tuple[bytes, str]]:
     """`{file name: (content, content type)}` of the whole site."""
     files = {name: ((FOLDER / name).read_bytes(), ctype) for name, ctype in STATIC_FILES.items()}
     files[PARAMS_FILE] = (params_bytes, "application/json")
-    if digits_bytes is not None:
-        files[DIGITS_FILE] = (digits_bytes, "application/json")
+    for name, content in ((DIGITS_FILE, digits_bytes), (ADVERSARY_FILE, adversary_bytes)):
+        if content is not None:
+            files[name] = (content, "application/json")
     return files
 
 

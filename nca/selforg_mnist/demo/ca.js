@@ -8,8 +8,16 @@
 // cell's label is the argmax of its 10 class channels (ties to the lowest). Only alive cells
 // that fire are computed: no other cell changes.
 //
+// Adversaries (Adversarial Reprogramming of NCA, Distill 2021; when adversary.json is served):
+// a fixed mask marks cells that apply the adversary's rule instead of the model's, as in
+// nca.selforg_mnist.adversarial.mixed_step (same state, fire mask and noise; the model's fire
+// rate and noise). The mask belongs to grid positions, alive or not; removing it leaves the
+// states, which then follow the model. Votes shown (legend, majority) leave adversarial cells out.
+//
 // Test API (window.ncaDemo): ready, error, setGrey(flat, h, w), stepWith(fireMask, noise),
-// step(), getState(), labels(), majorityLabel(), gridSize(), setRunning(bool), stepCount().
+// step(), getState(), labels(), majorityLabel(), gridSize(), setRunning(bool), stepCount(),
+// hasAdversary(), setAdversaries(flatMask), adversaryMask(), scatterAdversaries(fraction),
+// removeAdversaries().
 "use strict";
 
 (function () {
@@ -44,6 +52,8 @@
 
   const state = new Float32Array(H * W * C);
   let params = null; // {pk, pb, hk, hb, ok, ob, fireRate, noiseStd}
+  let adversary = null; // the adversary's params (same form), or null
+  const adversarial = new Uint8Array(H * W); // 1: the cell follows the adversary's rule
   let digits = null; // {images: [Uint8Array(784)], labels: [int]}
   let palette = PALETTES.article;
   let running = true;
@@ -71,6 +81,17 @@
       updatePlayButton();
     },
     stepCount: () => steps,
+    hasAdversary: () => adversary !== null,
+    setAdversaries: (flat) => {
+      if (flat.length !== H * W) {
+        throw new Error(`setAdversaries: ${flat.length} values; the grid needs ${H * W}`);
+      }
+      for (let i = 0; i < H * W; i++) adversarial[i] = flat[i] ? 1 : 0;
+      dirty = true;
+    },
+    adversaryMask: () => Array.from(adversarial),
+    scatterAdversaries,
+    removeAdversaries,
   };
   window.ncaDemo = api;
 
@@ -97,7 +118,7 @@
     if (noise && noise.length !== H * W * M) {
       throw new Error(`noise has ${noise.length} values; the grid needs ${H * W * M}`);
     }
-    const { pk, pb, hk, hb, ok, ob, fireRate, noiseStd } = params;
+    const { fireRate, noiseStd } = params;
     const cells = [];
     for (let i = 0; i < H * W; i++) {
       if (!isAlive(i)) continue;
@@ -110,6 +131,7 @@
     const o = new Float64Array(M);
     for (let k = 0; k < cells.length; k++) {
       const i = cells[k];
+      const { pk, pb, hk, hb, ok, ob } = adversary && adversarial[i] ? adversary : params;
       const y = (i / W) | 0;
       const x = i - y * W;
       p.set(pb);
@@ -157,6 +179,23 @@
     dirty = true;
   }
 
+  // Marks each grid cell adversarial with probability `fraction` (the attack's mask).
+  function scatterAdversaries(fraction) {
+    for (let i = 0; i < H * W; i++) if (Math.random() < fraction) adversarial[i] = 1;
+    dirty = true;
+  }
+
+  function removeAdversaries() {
+    adversarial.fill(0);
+    dirty = true;
+  }
+
+  function numAdversarial() {
+    let n = 0;
+    for (let i = 0; i < H * W; i++) if (adversarial[i] && isAlive(i)) n++;
+    return n;
+  }
+
   // Sets the grey of cell i with mutation semantics (nca.model.mutate): the state survives only
   // where the cell stays alive; dead cells hold 0, so newly alive cells start at 0.
   function setCellGrey(i, g) {
@@ -200,13 +239,14 @@
     return out;
   }
 
+  // Votes of the alive cells that follow the model (adversarial cells are left out).
   function labelCounts() {
     const counts = new Array(NC).fill(0);
-    for (let i = 0; i < H * W; i++) if (isAlive(i)) counts[labelOf(i)]++;
+    for (let i = 0; i < H * W; i++) if (isAlive(i) && !adversarial[i]) counts[labelOf(i)]++;
     return counts;
   }
 
-  // The label most alive cells vote for (ties to the lowest), -1 if no cell is alive.
+  // The label most of the model's alive cells vote for (ties to the lowest), -1 if none.
   function majorityLabel() {
     const counts = labelCounts();
     let best = 0;
@@ -216,15 +256,15 @@
 
   // ---- params and digits -------------------------------------------------------------------
 
-  function parseParams(text) {
+  function parseParams(text, file = "params.json") {
     let doc;
     try {
       doc = JSON.parse(text);
     } catch (e) {
-      throw new Error(`params.json is not valid JSON (${e.message})`);
+      throw new Error(`${file} is not valid JSON (${e.message})`);
     }
     if (!doc || typeof doc !== "object" || !Array.isArray(doc.layers)) {
-      throw new Error("params.json has no list of layers");
+      throw new Error(`${file} has no list of layers`);
     }
     const byName = {};
     for (const layer of doc.layers) {
@@ -233,20 +273,20 @@
     const arrays = {};
     for (const [name, shape] of LAYERS) {
       const layer = byName[name];
-      if (!layer) throw new Error(`params.json has no layer "${name}"`);
+      if (!layer) throw new Error(`${file} has no layer "${name}"`);
       if (!Array.isArray(layer.shape) || layer.shape.join(",") !== shape.join(",")) {
-        throw new Error(`params.json layer "${name}" has shape [${layer.shape}]; ` +
+        throw new Error(`${file} layer "${name}" has shape [${layer.shape}]; ` +
                         `the CA needs [${shape}]`);
       }
       const size = shape.reduce((a, b) => a * b, 1);
       if (!Array.isArray(layer.data) || layer.data.length !== size) {
-        throw new Error(`params.json layer "${name}" has ` +
+        throw new Error(`${file} layer "${name}" has ` +
                         `${Array.isArray(layer.data) ? layer.data.length : "no"} values; ` +
                         `its shape [${shape}] needs ${size}`);
       }
       for (const v of layer.data) {
         if (typeof v !== "number" || !Number.isFinite(v)) {
-          throw new Error(`params.json layer "${name}" holds a non-number (${v})`);
+          throw new Error(`${file} layer "${name}" holds a non-number (${v})`);
         }
       }
       arrays[name] = Float32Array.from(layer.data);
@@ -254,10 +294,10 @@
     const fireRate = doc.fire_rate;
     const noiseStd = doc.noise_std;
     if (typeof fireRate !== "number" || !(fireRate > 0 && fireRate <= 1)) {
-      throw new Error(`params.json fire_rate (${fireRate}) must be a number in (0, 1]`);
+      throw new Error(`${file} fire_rate (${fireRate}) must be a number in (0, 1]`);
     }
     if (typeof noiseStd !== "number" || !(noiseStd >= 0 && Number.isFinite(noiseStd))) {
-      throw new Error(`params.json noise_std (${noiseStd}) must be a number >= 0`);
+      throw new Error(`${file} noise_std (${noiseStd}) must be a number >= 0`);
     }
     return {
       pk: arrays["perceive/kernel"], pb: arrays["perceive/bias"],
@@ -285,7 +325,8 @@
   let last = null; // last pointer position in cells, while a pointer is down
   let strokeMode = "draw";
 
-  function paint(cx, cy, erase) {
+  // kind: "draw", "erase", "adversary" (mark cells as adversarial) or "unmark".
+  function paint(cx, cy, kind) {
     const r = brush;
     const y0 = Math.max(0, Math.floor(cy - r - 1));
     const y1 = Math.min(H - 1, Math.ceil(cy + r + 1));
@@ -298,21 +339,24 @@
         if (v <= 0) continue;
         const i = y * W + x;
         const g = state[i * C];
-        setCellGrey(i, erase ? Math.min(g, 1 - v) : Math.max(g, v));
+        if (kind === "adversary" || kind === "unmark") {
+          if (v >= 0.5) adversarial[i] = kind === "adversary" ? 1 : 0;
+        } else {
+          setCellGrey(i, kind === "erase" ? Math.min(g, 1 - v) : Math.max(g, v));
+        }
       }
     }
     dirty = true;
   }
 
   function strokeTo(pos) {
-    const erase = strokeMode === "erase";
     if (!last) {
-      paint(pos[0], pos[1], erase);
+      paint(pos[0], pos[1], strokeMode);
     } else {
       const n = Math.max(1, Math.ceil(Math.hypot(pos[0] - last[0], pos[1] - last[1]) * 2));
       for (let s = 1; s <= n; s++) {
         const t = s / n;
-        paint(last[0] + t * (pos[0] - last[0]), last[1] + t * (pos[1] - last[1]), erase);
+        paint(last[0] + t * (pos[0] - last[0]), last[1] + t * (pos[1] - last[1]), strokeMode);
       }
     }
     last = pos;
@@ -343,11 +387,34 @@
     ctx.strokeRect(Math.floor((W - 28) / 2) * SCALE + 0.5, Math.floor((H - 28) / 2) * SCALE + 0.5,
                    28 * SCALE - 1, 28 * SCALE - 1);
     ctx.restore();
+    outlineAdversaries();
     renderLegend();
+    const adversaries = numAdversarial();
+    const alive = labelCounts().reduce((a, b) => a + b, 0) + adversaries;
     $("status").textContent =
-      `step ${steps} \u00b7 ${labelCounts().reduce((a, b) => a + b, 0)} alive cells` +
+      `step ${steps} \u00b7 ${alive} alive cells` +
+      (adversaries ? ` (${adversaries} adversarial, not counted in the votes)` : "") +
       (measured.rate ? ` \u00b7 ${measured.rate.toFixed(0)} steps/s` : "");
     dirty = false;
+  }
+
+  // Adversarial cells: a solid black outline where alive, a faint dashed one where dead (they
+  // act once a drawing makes them alive).
+  function outlineAdversaries() {
+    ctx.save();
+    for (const alive of [false, true]) {
+      ctx.beginPath();
+      for (let i = 0; i < H * W; i++) {
+        if (!adversarial[i] || isAlive(i) !== alive) continue;
+        const y = (i / W) | 0;
+        ctx.rect((i - y * W) * SCALE + 1, y * SCALE + 1, SCALE - 2, SCALE - 2);
+      }
+      ctx.lineWidth = alive ? 2 : 1;
+      ctx.strokeStyle = alive ? "#000" : "rgba(0, 0, 0, 0.3)";
+      ctx.setLineDash(alive ? [] : [2, 2]);
+      ctx.stroke();
+    }
+    ctx.restore();
   }
 
   function buildLegend() {
@@ -396,10 +463,11 @@
       if (e.button !== 0 && e.button !== 2) return;
       e.preventDefault();
       canvas.setPointerCapture(e.pointerId);
-      strokeMode = e.button === 2 ? "erase" : mode;
+      // The right button undoes the pen: erases grey, or unmarks adversaries.
+      strokeMode = e.button !== 2 ? mode : mode === "adversary" ? "unmark" : "erase";
       last = null;
       strokeTo(cellPos(e));
-      $("digit-info").textContent = "your drawing";
+      if (mode !== "adversary") $("digit-info").textContent = "your drawing";
     });
     canvas.addEventListener("pointermove", (e) => {
       if (last) strokeTo(cellPos(e));
@@ -433,6 +501,8 @@
       $("digit-info").textContent = "";
     });
     $("random").addEventListener("click", randomDigit);
+    $("scatter").addEventListener("click", () => scatterAdversaries(0.1));
+    $("remove").addEventListener("click", removeAdversaries);
     $("palette").addEventListener("change", () => {
       palette = PALETTES[$("palette").value] || PALETTES.article;
       dirty = true;
@@ -510,6 +580,24 @@
       $("random").title = "no MNIST digits were exported with this demo";
     }
     if (digits) randomDigit();
+    try {
+      const response = await fetch("adversary.json", { cache: "no-store" });
+      if (response.status === 404) {
+        adversary = null;
+      } else if (!response.ok) {
+        throw new Error(`HTTP ${response.status}`);
+      } else {
+        adversary = parseParams(await response.text(), "adversary.json");
+      }
+    } catch (e) {
+      showError(e.message || String(e));
+      render();
+      return;
+    }
+    for (const el of document.querySelectorAll(".needs-adversary")) {
+      el.disabled = !adversary;
+      el.title = adversary ? `the adversary: ${adversary.model}` : "no adversary.json was served";
+    }
     api.ready = true;
     render();
     requestAnimationFrame(frame);
