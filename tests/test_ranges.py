@@ -71,7 +71,13 @@ def first_entry(value):
     return first_entry(value[0]) if isinstance(value, (tuple, list)) and value else value
 
 
-REPRESENTATIVES = ("l2_noise", "adversary_eight", "metanca_mnist", "hybrid:gate_patch")
+REPRESENTATIVES = (
+    "l2_noise",
+    "adversary_eight",
+    "l2_noise_defended",
+    "metanca_mnist",
+    "hybrid:gate_patch",
+)
 CASES = [
     (spec, name, bad)
     for spec in REPRESENTATIVES

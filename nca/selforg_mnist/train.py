@@ -181,6 +181,10 @@ CONFIG_RANGES = {
     # an adversary's config (nca/selforg_mnist/adversarial.py)
     "adversary.fraction": config_lib.fraction(low_open=True),
     "adversary.target": config_lib.Range(0, model.NUM_CLASSES - 1),
+    # a defended CA's config (nca/selforg_mnist/defence.py)
+    "defence.fraction": config_lib.fraction(low_open=True),
+    "defence.attacked_share": config_lib.fraction(),
+    "defence.target": config_lib.Range(0, model.NUM_CLASSES - 1),
 }
 
 
@@ -195,8 +199,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"unknown {field} {value!r}; choose one of {', '.join(valid)}.")
-    if config.get("adversary") and not (config.use_pool and config.mutate):
-        raise ConfigError("an adversary trains with the pool and mutation (use_pool, mutate).")
+    for section in ("adversary", "defence"):
+        if config.get(section) and not (config.use_pool and config.mutate):
+            raise ConfigError(f"a config with a {section} section trains with the pool and "
+                              f"mutation (use_pool, mutate).")  # fmt: skip
+    if config.get("defence") and (config.get("adversary") or config.loss != "l2"):
+        raise ConfigError("a defence trains the l2 loss, without an adversary section.")
     if config.use_pool and not 4 <= config.batch_size <= config.pool_size:
         raise ConfigError(
             f"batch_size {config.batch_size} must be at least 4 (a quarter is replaced, a quarter "
@@ -265,12 +273,17 @@ def load_training_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, n
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> loop.Trainer:
     """The self-classifying MNIST CA: params replicated, the pool sharded along `data`. A
-    config with an `adversary` section trains an adversary instead (`adversarial.make_trainer`)."""
+    config with an `adversary` section trains an adversary instead (`adversarial.make_trainer`),
+    one with a `defence` section a defended CA (`defence.make_trainer`)."""
     validate_config(config)
     if config.get("adversary"):
         from nca.selforg_mnist import adversarial
 
         return adversarial.make_trainer(config, mesh)
+    if config.get("defence"):
+        from nca.selforg_mnist import defence
+
+        return defence.make_trainer(config, mesh)
     images, labels = load_training_data(config)
     return loop.Trainer(
         init_state=init_train_state(config, images, labels),

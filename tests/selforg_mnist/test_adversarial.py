@@ -123,7 +123,7 @@ def test_adversary_config_errors(mnist_dir):
     with pytest.raises(ConfigError, match="neither a shipped model"):
         train.make_trainer(config, loop.make_mesh(1))
     config = tiny_config(mnist_dir, "adversary_eight:smoke", use_pool=False)
-    with pytest.raises(ConfigError, match="pool and mutation"):
+    with pytest.raises(ConfigError, match="adversary section trains with the pool and mutation"):
         train.validate_config(config)
     config = tiny_config(mnist_dir, "adversary_eight:smoke")
     config.adversary.fraction = 0.0

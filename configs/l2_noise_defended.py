@@ -1,0 +1,28 @@
+"""`l2_noise` trained against adversarial reprogramming: an adversary trains beside it and holds
+10 % of the cells of half of the pool members (nca/selforg_mnist/defence.py).
+
+    python -m experiments.train --config=l2_noise_defended --workdir=workdirs/l2_noise_defended
+    # the test: a fresh adversary against the frozen defender, then the attack
+    python -m experiments.train --config=adversary_eight \
+        --config.adversary.original=workdirs/l2_noise_defended --workdir=workdirs/adversary_def
+    python -m experiments.attack --workdir=workdirs/l2_noise_defended \
+        --adversary=workdirs/adversary_def --out=docs/selforg_mnist/adversarial/defended
+
+The article's recipe for both players (batch 16, pool 160 with mutation, L2 after 20 steps,
+Adam 1e-3 x0.1 at 30k and 70k of 100k iterations); the defender's loss counts only its own
+cells. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply).
+"""
+
+import ml_collections
+
+from configs.common import parse_options, selforg_mnist_config
+
+
+def get_config(arg=None):
+    parse_options(arg, ("smoke", "short", "20k"), example="l2_noise_defended:smoke")
+    c = selforg_mnist_config(loss="l2", noise_std=0.02, arg=arg)
+    c.defence = ml_collections.ConfigDict()
+    c.defence.fraction = 0.1  # share of an attacked member's cells the adversary holds
+    c.defence.attacked_share = 0.5  # share of the pool members with adversaries; the rest clean
+    c.defence.target = 8  # the label the adversary pushes to
+    return c

@@ -1,0 +1,151 @@
+"""A self-classifying CA trained to resist adversarial reprogramming (the follow-up article's
+attack, `adversarial.py`): the defender and an adversary train together, as a game.
+
+Every iteration both rules roll out on one batch, the adversary on a random `fraction` of the
+cells of `attacked_share` of the pool members (fresh digits draw their mask, mutated ones keep
+theirs, as in the adversary's own training). From that one rollout:
+
+- the defender (`state.params`) takes a step of the article's recipe on its own cells: the L2
+  loss of the alive cells the adversary does not hold, against the true label;
+- the adversary (`state.adversary`) takes a step of the notebook's adversary recipe against the
+  defender as it is now: the L2 loss of every alive cell of the attacked members against
+  `target`.
+
+The rest of the batch is clean, so the defender also keeps the clean task. The adversary
+resists the defender's moves as they happen; the defence is judged by a fresh adversary trained
+against the frozen defender afterwards (`configs/adversary_eight.py` with
+`adversary.original=<this workdir>`), which is the attack a deployed CA would meet.
+
+`make_trainer` is what `train.make_trainer` hands configs with a `defence` section
+(`configs/l2_noise_defended.py`).
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from nca import loop
+from nca.selforg_mnist import adversarial, fast, losses, model
+
+
+@flax.struct.dataclass
+class DefenceTrainState(loop.TrainState):
+    """`params` are the defender's (the model this run exports); the adversary trains beside it."""
+
+    adversary: model.Params
+    adversary_opt_state: optax.OptState
+    pool_states: jax.Array  # (pool_size, 28, 28, 20) float32
+    pool_labels: jax.Array  # (pool_size,) int32
+    pool_masks: jax.Array  # (pool_size, 28, 28, 1) bool: each member's adversarial cells
+
+
+def member_l2_losses(state: jax.Array, labels: jax.Array, keep: jax.Array | None = None):
+    """`(B,)`: each member's `losses.l2_loss` (their mean), over the cells of `keep`
+    (`(B, H, W, 1)` bool) if given."""
+    err = losses.cell_targets(state, labels) - model.class_channels(state)
+    if keep is not None:
+        err = err * keep
+    return jnp.sum(jnp.square(err), axis=(1, 2, 3)) / 2
+
+
+def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num_steps: int,
+                   fire_rate: float, noise_std: float, impl: str = "table"):  # fmt: skip
+    """One mixed rollout and both players' gradients: `(final state, (defender loss, its
+    gradient), (adversary loss, its gradient))`. The adversary's loss averages over the members
+    whose mask holds any cell (0 if none does)."""
+
+    def rollout(p, a):
+        return adversarial.mixed_rollout(p, a, mask, x0, key, num_steps, fire_rate, noise_std,
+                                         impl=impl)[0]  # fmt: skip
+
+    x, pullback = jax.vjp(rollout, params, adversary)
+    attacked = jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
+
+    def defender_loss(x):
+        return jnp.mean(member_l2_losses(x, labels, ~mask))
+
+    def adversary_loss(x):
+        per_member = member_l2_losses(x, jnp.full_like(labels, target))
+        return jnp.sum(per_member * attacked) / jnp.maximum(jnp.sum(attacked), 1.0)
+
+    defender_loss, g_defender = jax.value_and_grad(defender_loss)(x)
+    attack_loss, g_attack = jax.value_and_grad(adversary_loss)(x)
+    return (
+        x,
+        (defender_loss, pullback(g_defender)[0]),
+        (attack_loss, pullback(g_attack)[1]),
+    )
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
+    """The game of the module docstring, with the pool + mutation recipe of `train` for both
+    players (one optimiser and schedule each, the same settings)."""
+    from nca.selforg_mnist import train
+
+    d = config.defence
+    images, labels = train.load_training_data(config)
+    plain = train.init_train_state(config, images, labels)
+    optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
+    key = jax.random.PRNGKey(config.seed)
+    adversary = model.init_params(jax.random.fold_in(key, 2))
+    init = DefenceTrainState.create(
+        plain.params, optimizer, plain.rng, adversary=adversary,
+        adversary_opt_state=optimizer.init(adversary), pool_states=plain.pool_states,
+        pool_labels=plain.pool_labels,
+        pool_masks=draw_masks(jax.random.fold_in(key, 1), plain.pool_states.shape[:3], d),
+    )  # fmt: skip
+    m = config.model
+    impl = "table" if fast.resolve_impl(m.impl) in ("alive", "table") else "conv"
+
+    def train_step(state, batch, key):
+        # The plain trainer's keys for the pool and the rollout: with attacked_share 0 the
+        # defender takes exactly the plain trainer's step.
+        k_pool, k_rollout = jax.random.split(key)
+        x0, y, idx = train.assemble_batch(config, state, batch, k_pool)
+        quarter = config.batch_size // 4
+        fresh = draw_masks(jax.random.fold_in(key, 2), (quarter, *x0.shape[1:3]), d)
+        mask = jnp.concatenate([fresh, state.pool_masks[idx[quarter:]]])
+        x, (loss, grads), (attack_loss, attack_grads) = game_gradients(
+            state.params, state.adversary, mask, x0, y, k_rollout, target=d.target,
+            num_steps=config.num_ca_steps, fire_rate=m.fire_rate, noise_std=m.noise_std,
+            impl=impl,
+        )  # fmt: skip
+        updates, adversary_opt_state = optimizer.update(
+            attack_grads, state.adversary_opt_state, state.adversary
+        )
+        new = state.apply_gradients(grads, optimizer).replace(
+            adversary=optax.apply_updates(state.adversary, updates),
+            adversary_opt_state=adversary_opt_state,
+            pool_states=state.pool_states.at[idx].set(x),
+            pool_labels=state.pool_labels.at[idx].set(y),
+            pool_masks=state.pool_masks.at[idx].set(mask),
+        )
+        metrics = {
+            "train/loss": loss,
+            "train/grad_norm": optax.tree.norm(grads),
+            "train/lr": schedule(state.step),
+            "train/adversary_loss": attack_loss,
+            "train/attacked_share": jnp.mean(jnp.any(mask, axis=(1, 2, 3))),
+        }
+        return new, metrics
+
+    return loop.Trainer(
+        init_state=init,
+        train_step=train_step,
+        train_data={"images": images, "labels": labels},
+        batch_size=train.num_fresh_digits(config),
+        sharded_fields=("pool_states", "pool_labels", "pool_masks"),
+        resumable=train.resumable,
+    )
+
+
+def draw_masks(key: jax.Array, shape: tuple[int, int, int], d: ml_collections.ConfigDict):
+    """`(B, H, W, 1) bool`: `adversarial.adversary_mask` of `d.fraction` on a random
+    `d.attacked_share` of the `B` members, empty on the others."""
+    k_mask, k_member = jax.random.split(key)
+    attacked = jax.random.uniform(k_member, (shape[0], 1, 1, 1)) < d.attacked_share
+    return adversarial.adversary_mask(k_mask, shape, d.fraction) & attacked

@@ -1,0 +1,111 @@
+"""The defended CA's game (nca/selforg_mnist/defence.py): both players' gradients against direct
+autodiff of the dense reference, the plain trainer's step when nobody attacks, and a run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca import checkpoint, loop
+from nca.config import ConfigError
+from nca.selforg_mnist import adversarial, defence, model, train
+from tests.selforg_mnist.test_adversarial import two_rules
+from tests.selforg_mnist.test_fast import KEY, assert_grads_close
+from tests.selforg_mnist.test_train import tiny_config
+
+TARGET = 8
+
+
+def reference_gradients(params, other, mask, state, labels, fire_rate, noise_std):
+    """Each player's loss and gradient by `jax.value_and_grad` of its own dense rollout."""
+    one_hot = jax.nn.one_hot(labels, 10)[:, None, None, :]
+    attacked = np.asarray(jnp.any(mask, axis=(1, 2, 3)))
+
+    def final(p, o):
+        return adversarial.mixed_rollout(p, o, mask, state, KEY, 20, fire_rate, noise_std,
+                                         impl="conv")[0]  # fmt: skip
+
+    def defender(p):
+        x = final(p, other)
+        err = (one_hot * model.alive_mask(x) - model.class_channels(x)) * ~mask
+        return jnp.sum(jnp.square(err)) / 2 / len(labels)
+
+    def attacker(o):
+        x = final(params, o)
+        err = jax.nn.one_hot(TARGET, 10) * model.alive_mask(x) - model.class_channels(x)
+        return jnp.sum(jnp.square(err[attacked])) / 2 / attacked.sum()
+
+    return jax.value_and_grad(defender)(params), jax.value_and_grad(attacker)(other)
+
+
+@pytest.mark.parametrize("impl", ["conv", "table"])
+def test_game_gradients_are_each_players_own(impl):
+    params, other, mask, state, labels = two_rules()
+    mask = mask.at[1].set(False)  # a clean member: in the defender's loss, not the adversary's
+    # every cell fires, no noise: the table's own draws then give the same function
+    fire_rate, noise_std = (1.0, 0.0) if impl == "table" else (0.5, 0.02)
+    want_d, want_a = reference_gradients(params, other, mask, state, labels, fire_rate, noise_std)
+    _, got_d, got_a = jax.jit(
+        defence.game_gradients,
+        static_argnames=("target", "num_steps", "fire_rate", "noise_std", "impl"),
+    )(params, other, mask, state, labels, KEY, target=TARGET, num_steps=20, fire_rate=fire_rate,
+      noise_std=noise_std, impl=impl)  # fmt: skip
+    for (loss, grads), (want_loss, want_grads) in ((got_d, want_d), (got_a, want_a)):
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+        assert_grads_close(grads, want_grads)
+
+
+def test_nobody_attacked_is_the_plain_trainers_step(mnist_dir):
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke")
+    config.defence.attacked_share = 0.0
+    mesh = loop.make_mesh(1)
+    trainer = train.make_trainer(config, mesh)
+    state = trainer.init_state
+    assert not state.pool_masks.any()
+    batch = loop.sample_batch(trainer.train_data, trainer.batch_size, config.seed, 0)
+    key = jax.random.fold_in(state.rng, 0)
+    got, metrics = jax.jit(trainer.train_step)(state, batch, key)
+    plain_state = train.TrainState.create(
+        state.params, train.make_optimizer(config), state.rng,
+        pool_states=state.pool_states, pool_labels=state.pool_labels,
+    )  # fmt: skip
+    want, want_metrics = jax.jit(train.make_train_step(config, mesh))(plain_state, batch, key)
+    jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+    np.testing.assert_array_equal(got.pool_states, want.pool_states)
+    np.testing.assert_array_equal(metrics["train/loss"], want_metrics["train/loss"])
+    jax.tree.map(np.testing.assert_array_equal, got.adversary, state.adversary)  # no gradient
+    assert float(metrics["train/attacked_share"]) == 0.0
+
+
+def test_defence_run_trains_both_players_and_exports_the_defender(mnist_dir, tmp_path):
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke", num_train_steps=8, log_every=2)
+    final = loop.train_and_evaluate(config, tmp_path, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    assert all(np.isfinite(r["train/adversary_loss"]) and r["train/adversary_loss"] > 0
+               for r in rows)  # fmt: skip
+    assert np.mean([r["train/attacked_share"] for r in rows]) > 0.1
+    init = train.make_trainer(config, loop.make_mesh(1)).init_state
+    for trained, fresh in ((final.params, init.params), (final.adversary, init.adversary)):
+        assert not np.allclose(trained["hidden"]["kernel"], fresh["hidden"]["kernel"])
+    # the workdir's model is the defender: what attack, evaluate and export load
+    _, params, step = checkpoint.load_params(tmp_path)
+    assert step == 8
+    jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(final.params))
+    masked = np.asarray(final.pool_masks).mean()
+    assert 0.01 < masked < 0.1  # 10 % of the cells of about half of the members
+
+
+def test_defence_config_errors(mnist_dir):
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke", use_pool=False)
+    with pytest.raises(ConfigError, match="defence section trains with the pool and mutation"):
+        train.validate_config(config)
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke", loss="ce")
+    with pytest.raises(ConfigError, match="a defence trains the l2 loss"):
+        train.validate_config(config)
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke")
+    config.defence.attacked_share = 1.5
+    with pytest.raises(ConfigError, match=r"defence.attacked_share=1.5 is out of range"):
+        loop.check_config(config)
