@@ -5,7 +5,9 @@ All four configs (`hybrid`, `hybrid_ca_only`, `cnn_autoencoder`, `digit_classifi
 comma-separated after the name:
 - `smoke`: a run of seconds (tiny batch, few steps, 2,000 training digits);
 - `gate_channel`, `gate_patch`: the per-channel / patch-wise gate readings (ablation; `hybrid`
-  only; the default is the global gate).
+  only; the default is the global gate);
+- `gate_local`: a local gate of about the CA's size instead (a 3x3 conv and a 1x1 conv per cell;
+  not in the blog: it separates "CA + local capacity" from "CA + a global 1M-param layer").
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import ml_collections
 
 from configs import common
 
-OPTIONS = ("smoke", "gate_channel", "gate_patch")
+OPTIONS = ("smoke", "gate_channel", "gate_patch", "gate_local")
 
 
 def parse_options(arg: str | None) -> set[str]:
@@ -33,16 +35,16 @@ def hybrid_config(arch: str, arg: str | None) -> ml_collections.ConfigDict:
     m.num_ca_steps = 10
     m.state_noise_std = 0.02  # Gaussian state noise while training
     m.damage_step = 5  # the damage test zeroes cells after this many steps
-    m.gate = "global"  # global | channel | patch (hybrid only)
-    if "gate_channel" in options:
-        m.gate = "channel"
-    if "gate_patch" in options:
-        m.gate = "patch"
+    m.gate = "global"  # global | channel | patch | local (hybrid only)
+    for gate in ("channel", "patch", "local"):
+        if f"gate_{gate}" in options:
+            m.gate = gate
     m.gate_in = 1024
     m.gate_hidden = 1024
     m.gate_out = 256
     m.gate_dropout = 0.5
     m.patch_size = 8
+    m.gate_local_hidden = 8  # the local gate's hidden channels
     # CNN autoencoder.
     m.ae_widths = (32, 64, 128)
     # Digit-ID classifier.

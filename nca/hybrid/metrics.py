@@ -119,7 +119,11 @@ def analytic_flops(m: ml_collections.ConfigDict) -> dict[str, int]:
     el += hw * c * 8  # LayerNorm: mean, subtract, square, mean, scale, shift (approx.)
     tr += hw
     gate = models.gate_kind(m)
-    if gate != "none":
+    if gate == "local":
+        add(_conv3(32, c, m.gate_local_hidden), hw * m.gate_local_hidden)  # + ReLU
+        add(_dense(hw, m.gate_local_hidden, c))
+        tr += hw * c
+    elif gate != "none":
         n_mlp = (32 // m.patch_size) ** 2 if gate == "patch" else 1
         if gate == "global":
             add(_dense(hw, c, 1))

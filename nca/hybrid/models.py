@@ -14,7 +14,10 @@ Hybrid reading (docs/hybrid/README.md; ../shared/reference/HYBRID.md):
   `global`: 1x1 conv 16->1 -> 1024-vector -> MLP -> 16x16 -> upsample x2 -> 1x1 conv 1->16 ->
   tanh; `channel`: 4x4 average pool of all 16 channels (8x8x16 = 1024) -> MLP -> 4x4x16 ->
   upsample x8 -> tanh (a per-channel delta); `patch`: the MLP shared over the 16 non-overlapping
-  8x8x16 patches -> 8x8x4 each -> 1x1 conv 4->16 -> tanh; `none`: the CA-only reservoir;
+  8x8x16 patches -> 8x8x4 each -> 1x1 conv 4->16 -> tanh; `local` (not in the blog; the
+  ablation that separates "CA + local capacity" from "CA + a global layer"): 3x3 conv 16 ->
+  `gate_local_hidden` (8) -> ReLU -> 1x1 conv -> 16 (zero-init) -> tanh, 1,304 params, of the
+  CA's order, no dropout; `none`: the CA-only reservoir;
 - read-out: 1x1 conv 16->1, sigmoid, centre crop 28x28.
 """
 
@@ -28,7 +31,7 @@ import ml_collections
 import numpy as np
 
 Params = dict[str, Any]
-GATES = ("global", "channel", "patch", "none")
+GATES = ("global", "channel", "patch", "local", "none")
 ARCHS = ("hybrid", "ca_only", "autoencoder", "classifier")
 PAD = 2  # 28 -> 32 lattice
 
@@ -86,7 +89,12 @@ def init_lattice_model(key: jax.Array, m: ml_collections.ConfigDict) -> Params:
         "readout": _dense(k[4], c, 1),
     }
     gate = gate_kind(m)
-    if gate != "none":
+    if gate == "local":
+        params["gate"] = {
+            "hidden": _conv(k[5], 3, c, m.gate_local_hidden),
+            "delta": _dense(k[6], m.gate_local_hidden, c, zero=True),
+        }
+    elif gate != "none":
         g = {
             "hidden": _dense(k[5], m.gate_in, m.gate_hidden),
             "delta": _dense(k[6], m.gate_hidden, m.gate_out, zero=True),
@@ -139,6 +147,8 @@ def gate_delta(
 ) -> jax.Array:
     """The gate's additive delta `(B, H, W, C)` in (-1, 1); `key` set means training (dropout)."""
     b, h, w, c = s.shape
+    if m.gate == "local":
+        return jnp.tanh(_apply_dense(g["delta"], jax.nn.relu(_apply_conv(g["hidden"], s))))
     if m.gate == "global":
         v = _apply_dense(g["proj"], s).reshape(b, h * w)
         d = _mlp(g, v, m.gate_dropout, key)

@@ -50,6 +50,7 @@ CONFIG_RANGES = {
     "model.gate_hidden": config_lib.at_least(1),
     "model.gate_out": config_lib.at_least(1),
     "model.gate_dropout": config_lib.fraction(high_open=True),
+    "model.gate_local_hidden": config_lib.at_least(1),
     "model.patch_size": config_lib.at_least(1),
     "model.ae_widths": config_lib.at_least(1),
     "model.classifier_widths": config_lib.at_least(1),
@@ -73,8 +74,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"unknown model.arch {m.arch!r}; choose one of {', '.join(models.ARCHS)}."
         )
-    if m.arch == "hybrid" and m.gate not in models.GATES[:-1]:
-        raise ConfigError(f"unknown model.gate {m.gate!r}; choose one of global, channel, patch.")
+    gates = models.GATES[:-1]  # a hybrid has a gate
+    if m.arch == "hybrid" and m.gate not in gates:
+        raise ConfigError(f"unknown model.gate {m.gate!r}; choose one of {', '.join(gates)}.")
     if m.damage_step > m.num_ca_steps:
         raise ConfigError(
             f"config fields model.damage_step={m.damage_step} and model.num_ca_steps="

@@ -133,14 +133,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         }
         return new, metrics
 
-    return loop.Trainer(
-        init_state=init,
-        train_step=train_step,
-        train_data={"images": images, "labels": labels},
-        batch_size=train.num_fresh_digits(config),
-        sharded_fields=("pool_states", "pool_labels", "pool_masks"),
-        resumable=train.resumable,
-    )
+    return train.pooled_trainer(config, init, train_step, images, labels)
 
 
 def draw_masks(key: jax.Array, shape: tuple[int, int, int], d: ml_collections.ConfigDict):

@@ -12,6 +12,8 @@ hands all this to the core loop (`nca.loop`), which jits, samples, checkpoints a
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -285,11 +287,20 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
 
         return defence.make_trainer(config, mesh)
     images, labels = load_training_data(config)
+    init = init_train_state(config, images, labels)
+    return pooled_trainer(config, init, make_train_step(config, mesh), images, labels)
+
+
+def pooled_trainer(config, init, train_step, images, labels) -> loop.Trainer:
+    """The `loop.Trainer` of a train state with pool fields (`pool_*`, sharded along `data`) that
+    draws this system's fresh digits each iteration: the CA's, an adversary's, a defence's."""
     return loop.Trainer(
-        init_state=init_train_state(config, images, labels),
-        train_step=make_train_step(config, mesh),
+        init_state=init,
+        train_step=train_step,
         train_data={"images": images, "labels": labels},
         batch_size=num_fresh_digits(config),
-        sharded_fields=("pool_states", "pool_labels"),
+        sharded_fields=tuple(
+            f.name for f in dataclasses.fields(init) if f.name.startswith("pool_")
+        ),
         resumable=resumable,
     )

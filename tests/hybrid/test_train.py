@@ -15,7 +15,7 @@ from nca.hybrid import evaluate, masking, metrics, models, train
 def configs():
     return {n: load_config(n) for n in ("hybrid", "hybrid_ca_only", "cnn_autoencoder",
                                         "digit_classifier", "hybrid:gate_channel",
-                                        "hybrid:gate_patch")}  # fmt: skip
+                                        "hybrid:gate_patch", "hybrid:gate_local")}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +113,16 @@ def test_parameter_counts(params):
     assert "gate" not in params["hybrid_ca_only"]
     assert count(params["hybrid:gate_channel"]["gate"]) == 1_312_000
     assert count(params["hybrid:gate_patch"]["gate"]) == 1_312_080
+    assert count(params["hybrid:gate_local"]["gate"]) == 1304  # 3x3x16x8 + 8, 8x16 + 16
     assert 150_000 < count(params["cnn_autoencoder"]) < 250_000  # "about 0.2M"
     assert count(params["cnn_autoencoder"]) == 185_505
 
 
 @pytest.mark.parametrize(
     "name",
-    ["hybrid", "hybrid_ca_only", "cnn_autoencoder", "hybrid:gate_channel", "hybrid:gate_patch"],
-)
+    ["hybrid", "hybrid_ca_only", "cnn_autoencoder", "hybrid:gate_channel", "hybrid:gate_patch",
+     "hybrid:gate_local"],
+)  # fmt: skip
 def test_restorer_shapes_and_range(configs, params, name):
     m = configs[name].model
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28))
@@ -134,7 +136,7 @@ def test_restorer_shapes_and_range(configs, params, name):
 
 def test_gate_variants_produce_bounded_deltas(configs, params):
     s = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 16))
-    for name in ("hybrid", "hybrid:gate_channel", "hybrid:gate_patch"):
+    for name in ("hybrid", "hybrid:gate_channel", "hybrid:gate_patch", "hybrid:gate_local"):
         g = dict(params[name]["gate"])
         g["delta"] = {"w": jnp.ones_like(g["delta"]["w"]) * 1e-4, "b": g["delta"]["b"]}
         d = models.gate_delta(g, s, configs[name].model)
@@ -143,8 +145,8 @@ def test_gate_variants_produce_bounded_deltas(configs, params):
 
 
 def test_ca_only_is_local_and_the_gate_is_global(configs, params):
-    """One CA step moves information one cell; the (trained, non-zero) global gate reaches the
-    whole lattice."""
+    """One CA step moves information one cell, with the local gate too; the (trained, non-zero)
+    global gate reaches the whole lattice."""
     m = configs["hybrid"].model
     s = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 32, 16))
     s2 = s.at[0, 16, 16].add(1.0)
@@ -153,6 +155,17 @@ def test_ca_only_is_local_and_the_gate_is_global(configs, params):
         "w": jax.random.normal(jax.random.PRNGKey(2), (32, 16)), "b": jnp.zeros(16)})  # fmt: skip
     changed = np.asarray(jnp.abs(models.ca_step(ca, s2, m) - models.ca_step(ca, s, m)).max(-1)[0])
     assert changed[15:18, 15:18].all() and (changed > 0).sum() == 9
+    local = dict(ca, gate=dict(params["hybrid:gate_local"]["gate"]))
+    local["gate"]["delta"] = {"w": jnp.full((8, 16), 0.1), "b": jnp.zeros(16)}
+    m_local = configs["hybrid:gate_local"].model
+    changed = np.asarray(
+        jnp.abs(models.ca_step(local, s2, m_local) - models.ca_step(local, s, m_local)).max(-1)[0]
+    )
+    assert changed[15:18, 15:18].all() and (changed > 0).sum() == 9
+    gate_only = models.gate_delta(local["gate"], s2, m_local) - models.gate_delta(
+        local["gate"], s, m_local
+    )
+    assert float(jnp.abs(gate_only).max()) > 1e-3  # the local gate does act
     hy = dict(ca, gate=dict(params["hybrid"]["gate"]))
     hy["gate"]["delta"] = {"w": jnp.full((1024, 256), 0.01), "b": jnp.zeros(256)}
     changed = np.asarray(jnp.abs(models.ca_step(hy, s2, m) - models.ca_step(hy, s, m)).max(-1)[0])
@@ -197,7 +210,7 @@ def test_bad_configs_are_refused(configs):
 @pytest.mark.parametrize(
     "name",
     ["hybrid:smoke", "hybrid_ca_only:smoke", "cnn_autoencoder:smoke", "digit_classifier:smoke",
-     "hybrid:gate_patch,smoke", "hybrid:gate_channel,smoke"],
+     "hybrid:gate_patch,smoke", "hybrid:gate_channel,smoke", "hybrid:gate_local,smoke"],
 )  # fmt: skip
 def test_flop_count_matches_xla(name):
     m = load_config(name).model
@@ -218,6 +231,10 @@ def test_flop_count_scales_with_steps_and_gate(configs):
     # the patch gate: the MLP on 16 patches, 1x1 conv 4->16
     patch = metrics.analytic_flops(configs["hybrid:gate_patch"].model)
     assert patch["matmul"] - c["matmul"] == 10 * 2 * (16 * 1_310_720 + 1024 * 4 * 16)
+    # the local gate: 3x3 conv 16->8 (XLA skips the padding's taps), 1x1 conv 8->16
+    local = metrics.analytic_flops(configs["hybrid:gate_local"].model)
+    taps = (3 * 32 - 2) ** 2  # 3x3 taps inside a 32x32 image
+    assert local["matmul"] - c["matmul"] == 10 * 2 * (taps * 16 * 8 + 1024 * 8 * 16)
 
 
 def test_kmeans_purity_on_separated_clusters():
