@@ -80,7 +80,9 @@ def load_models(workdirs: list[str] | None, model_names: list[str] | None) -> li
         config, params, step = checkpoint.load_params(workdir)
         models.append({"label": f"{Path(workdir).name}: {config.name} @ {step}",
                        "config": config, "params": params, "folder": Path(workdir),
-                       "info": {"workdir": str(workdir), "checkpoint_step": step}})  # fmt: skip
+                       "info": {"workdir": str(workdir), "checkpoint_step": step,
+                                "config": config.get("name", ""),
+                                "seed": int(config.get("seed", 0))}})  # fmt: skip
     for name in model_names or []:
         try:
             config, params = pretrained.load(name)

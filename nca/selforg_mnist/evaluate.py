@@ -228,3 +228,85 @@ def training_length_report(
     return report.Report(
         "training_length", data, table, plots.training_length_figure(rows, num_steps)
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The study: configs over seeds
+
+# The article's table (restart protocol, 10,000 test digits, 200 steps; `summary`'s fields).
+ARTICLE = {
+    "ce": {"top_accuracy": 96.2, "top_accuracy_step": 80, "accuracy_final": 95.3,
+           "top_agreement": 77.9, "top_agreement_step": 80, "agreement_final": 66.2},
+    "l2": {"top_accuracy": 95.0, "top_accuracy_step": 95, "accuracy_final": 94.7,
+           "top_agreement": 85.5, "top_agreement_step": 175, "agreement_final": 85.2},
+    "l2_noise": {"top_accuracy": 95.4, "top_accuracy_step": 65, "accuracy_final": 95.3,
+                 "top_agreement": 88.2, "top_agreement_step": 190, "agreement_final": 88.1},
+}  # fmt: skip
+STUDY_COLUMNS = ("top_accuracy", "accuracy_final", "top_agreement", "agreement_final",
+                 "magnitude_10", "magnitude_final")  # fmt: skip
+
+
+def study_row(result: dict) -> dict[str, float]:
+    """An `eval_<variant>.json`'s summary plus the mean state magnitude of alive cells at step
+    10 and at the last step before the mutation (the article's boundedness figure)."""
+    magnitude, steps = np.asarray(result["curves"]["state_magnitude"]), result["steps"]
+    return {**result["summary"], "magnitude_10": float(magnitude[min(10, steps) - 1]),
+            "magnitude_final": float(magnitude[steps - 1])}  # fmt: skip
+
+
+def study_report(results: list[dict]):
+    """Evaluations of several seeds of several configs (`eval_<variant>.json` dicts with their
+    `config` and `seed`, one `steps` and `num_digits`), as the report `study`: per variant, the
+    mean ± standard deviation (over seeds, ddof 1) of each config next to the article's rows
+    (restart), the per-seed rows, and the mean curves with their min-max band (figure)."""
+    from nca import report
+    from nca.selforg_mnist import plots
+
+    steps = results[0]["steps"]
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in sorted(results, key=lambda r: (r["variant"], r["config"], r["seed"])):
+        groups.setdefault(r["variant"], {}).setdefault(r["config"], []).append(r)
+    header = ["model", "seeds", "top accuracy", f"accuracy at {steps}", "top agreement",
+              f"agreement at {steps}", "state magnitude at 10", f"at {steps}"]  # fmt: skip
+    sections, data = [], {}
+    for variant, configs in groups.items():
+        rows, data[variant] = [], {}
+        if variant == "restart":
+            for name, s in ARTICLE.items():
+                if name in configs:
+                    rows.append([f"article, {name}", "", f"{s['top_accuracy']:.1f}",
+                                 f"{s['accuracy_final']:.1f}", f"{s['top_agreement']:.1f}",
+                                 f"{s['agreement_final']:.1f}", "", ""])  # fmt: skip
+        for name, runs in configs.items():
+            values = np.array([[study_row(r)[c] for c in STUDY_COLUMNS] for r in runs])
+            mean = values.mean(0)
+            std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
+            data[variant][name] = {
+                "seeds": [r["seed"] for r in runs],
+                "mean": dict(zip(STUDY_COLUMNS, mean.tolist(), strict=True)),
+                "std": dict(zip(STUDY_COLUMNS, std.tolist(), strict=True)),
+                "runs": {str(r["seed"]): study_row(r) for r in runs},
+            }
+            cells = [f"{m:.1f} ± {s:.1f}" if len(runs) > 1 else f"{m:.1f}"
+                     for m, s in zip(mean[:4], std[:4], strict=True)]  # fmt: skip
+            cells += [f"{m:.2f}" for m in mean[4:]]
+            rows.append([f"ours, {name}", ",".join(str(r["seed"]) for r in runs), *cells])
+        per_seed = [[f"{name} seed {r['seed']}", f"{s['top_accuracy']:.1f} at "
+                     f"{s['top_accuracy_step']}", f"{s['accuracy_final']:.1f}",
+                     f"{s['top_agreement']:.1f} at {s['top_agreement_step']}",
+                     f"{s['agreement_final']:.1f}", f"{s['magnitude_10']:.2f}",
+                     f"{s['magnitude_final']:.2f}"]
+                    for name, runs in configs.items() for r in runs
+                    for s in [study_row(r)]]  # fmt: skip
+        sections.append(
+            f"### {variant}\n\n" + report.table(header, rows) + "\n\nPer seed:\n\n"
+            + report.table(["run", *header[2:]], per_seed) + "\n"
+        )  # fmt: skip
+    digits = sorted({r["num_digits"] for r in results})
+    table = (f"{'/'.join(map(str, digits))} test digits, {steps} steps; mean ± std over seeds "
+             f"(ddof 1)\n\n" + "\n".join(sections))  # fmt: skip
+    figure = plots.study_figure(
+        {v: {n: [r["curves"] for r in runs] for n, runs in c.items()} for v, c in groups.items()},
+        steps,
+    )
+    return report.Report("study", data, table, figure)

@@ -62,3 +62,31 @@ def training_length_figure(rows: dict[int, dict[str, float]], num_steps: int):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def study_figure(groups: dict[str, dict[str, list[dict]]], num_steps: int):
+    """Per variant (a row of panels: accuracy, agreement, state magnitude) and config: the mean
+    curve over seeds and its min-max band; `groups[variant][config]` lists each seed's curves."""
+    metrics = ("accuracy", "agreement", "state_magnitude")
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(4.2 * len(metrics),
+                             3.2 * len(groups)), squeeze=False)  # fmt: skip
+    for row, (variant, configs) in zip(axes, groups.items(), strict=True):
+        for ax, metric in zip(row, metrics, strict=True):
+            for i, (name, seeds) in enumerate(configs.items()):
+                values = np.array([np.asarray(c[metric]) for c in seeds])
+                steps = np.arange(1, values.shape[1] + 1)
+                ax.plot(steps, values.mean(0), color=f"C{i}", lw=1.2,
+                        label=f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")  # fmt: skip
+                ax.fill_between(steps, values.min(0), values.max(0), color=f"C{i}", alpha=0.2)
+            if variant != "none":
+                ax.axvline(num_steps + 0.5, color="grey", ls="--", lw=0.8)
+            ax.set_title(f"{TITLES[metric]}, {variant}")
+            ax.set_xlabel("CA step")
+            if metric == "state_magnitude":
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -66,6 +66,43 @@ def test_evaluate_writes_curves_table_and_plot(smoke_workdir, mnist_dir, tmp_pat
     assert (other / "eval_persist.png").is_file()
 
 
+def test_study_tables_seeds_with_mean_and_std(smoke_workdir, mnist_dir, tmp_path):
+    out = run(module("evaluate", f"--workdir={smoke_workdir}", f"--mnist_dir={mnist_dir}",
+                     "--num_digits=20", "--steps=6", "--batch_size=10"))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((smoke_workdir / "eval_restart.json").read_text())
+    assert (result["config"], result["seed"]) == ("l2_noise:smoke", 0)  # the run's identity
+    paths = []
+    for seed, shift in ((0, 0.0), (1, 2.0), (2, 4.0)):  # three "seeds" of l2_noise
+        r = json.loads(json.dumps(result))
+        r["config"], r["seed"] = "l2_noise", seed
+        r["summary"]["accuracy_final"] += shift
+        paths.append(tmp_path / f"s{seed}.json")
+        paths[-1].write_text(json.dumps(r))
+    paths.append(smoke_workdir / "eval_restart.json")  # another config: its own row
+    out = run(module("study", *[f"--result={p}" for p in paths], f"--out={tmp_path / 'study'}"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads((tmp_path / "study" / "study.json").read_text())["restart"]
+    stats = data["l2_noise"]
+    assert stats["seeds"] == [0, 1, 2]
+    want = result["summary"]["accuracy_final"] + 2.0
+    np.testing.assert_allclose(stats["mean"]["accuracy_final"], want, rtol=1e-9)
+    np.testing.assert_allclose(stats["std"]["accuracy_final"], 2.0, rtol=1e-9)  # ddof 1
+    assert stats["std"]["top_agreement"] == 0.0
+    assert data["l2_noise:smoke"]["seeds"] == [0]
+    table = (tmp_path / "study" / "study.md").read_text()
+    assert "| article, l2_noise |  | 95.4 | 95.3 | 88.2 | 88.1 |" in table
+    assert "± 2.0" in table and "l2_noise seed 2" in table and "l2_noise:smoke seed 0" in table
+    assert (tmp_path / "study" / "study.png").stat().st_size > 10_000
+    # a result that does not name its run, and the same run twice, are refused
+    bare = {k: v for k, v in result.items() if k not in ("config", "seed")}
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    for bad, message in (([tmp_path / "bare.json"], "lacks config, seed"),
+                         ([paths[0], paths[0]], "same config, seed and variant")):  # fmt: skip
+        out = run(module("study", *[f"--result={p}" for p in bad], f"--out={tmp_path / 'x'}"))
+        assert out.returncode != 0 and message in out.stderr.strip().splitlines()[-1], out.stderr
+
+
 def test_evaluate_rejects_a_folder_that_is_not_a_workdir(tmp_path, mnist_dir):
     out = run(module("evaluate", f"--workdir={tmp_path}", f"--mnist_dir={mnist_dir}"))
     assert out.returncode != 0 and "Traceback" not in out.stderr
