@@ -6,6 +6,8 @@ comma-separated after the name:
 - `smoke`: a run of seconds (tiny batch, few steps, 2,000 training digits);
 - `gate_channel`, `gate_patch`: the per-channel / patch-wise gate readings (ablation; `hybrid`
   only; the default is the global gate);
+- `blog_budget`: the blog's training budget, 40k steps x batch 64, with 5,000 training digits
+  held out for a validation PSNR every 1,000 steps (the convergence study of issue 21);
 - `gate_local`: a local gate of about the CA's size instead (a 3x3 conv and a 1x1 conv per cell;
   not in the blog: it separates "CA + local capacity" from "CA + a global 1M-param layer").
 """
@@ -16,7 +18,7 @@ import ml_collections
 
 from configs import common
 
-OPTIONS = ("smoke", "gate_channel", "gate_patch", "gate_local")
+OPTIONS = ("smoke", "blog_budget", "gate_channel", "gate_patch", "gate_local")
 
 
 def parse_options(arg: str | None) -> set[str]:
@@ -66,8 +68,16 @@ def hybrid_config(arch: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.mnist_dir = ""
     c.data.max_train_images = 0
+    c.data.validation_images = 0  # held out from the training digits for `val/psnr`
+    c.validate_every = 0
+    if "blog_budget" in options:
+        c.batch_size, c.num_train_steps = 64, 40_000
+        c.data.validation_images, c.validate_every, c.checkpoint_every = 5000, 1000, 1000
 
     common.apply_smoke(c, options, batch_size=4, num_train_steps=6, warmup_steps=2,
                        checkpoint_every=3, data__max_train_images=2000, model__num_ca_steps=4,
                        model__damage_step=2)  # fmt: skip
+    if "smoke" in options and "blog_budget" in options:
+        c.data.validation_images, c.validate_every = 40, 2
+
     return c

@@ -10,7 +10,9 @@ pooled); digit-ID of the frozen classifier on clean / masked / restored digits; 
 (30 % of lattice cells zeroed after step 5 of 10); FLOPs per sample (XLA's cost analysis beside
 the analytic count); throughput on this machine; trivial baselines (masked input, mean fill);
 the blog's numbers beside ours; report-only noise valleys. Several workdirs of one model (seeds)
-are averaged. Writes `<out>/restore.json`, `restore.md`, `restore.png`.
+are averaged. Writes `<out>/restore.json`, `restore.md`, `restore.png`, and for runs trained
+with held-out validation digits (`:blog_budget`) `validation.{md,json,png}`: their validation
+PSNR against steps and whether each converged.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def main(argv):
         mnist_dir=_DATA.value,
         progress=_PROGRESS.value,
     )
-    for result in summary.reports(run):
+    validation = summary.validation_report(_WORKDIRS.value)  # runs with data.validation_images
+    for result in [*summary.reports(run), *([validation] if validation else [])]:
         report.write(_OUT.value or _WORKDIRS.value[0], result, dpi=90, tight=False, indent=1)
     for row in run["result"]["models"]:  # each restorer's scores next to its training curves
         tensorboard.write_summary(row["workdir"], row["checkpoint_step"], summary_scalars(row))

@@ -79,7 +79,7 @@ def save_params(workdir: str | Path, params: Any, config: ml_collections.ConfigD
 # checkpoint's config makes it another experiment, and resuming is refused.
 RESUMABLE_CHANGES = frozenset(
     {"name", "log_every", "checkpoint_every", "max_checkpoints_to_keep", "keep_every",
-     "num_train_steps"}
+     "num_train_steps", "validate_every"}
 )  # fmt: skip
 UNREADABLE_SUBDIR = "unreadable_checkpoints"
 

@@ -103,6 +103,7 @@ CORE_RANGES = {
     "checkpoint_every": at_least(1),
     "max_checkpoints_to_keep": at_least(1),
     "keep_every": at_least(0),  # 0: no milestones
+    "validate_every": at_least(0),  # 0 or absent: no validation (a multiple of log_every)
 }
 
 

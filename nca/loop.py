@@ -15,7 +15,8 @@ systems: adding one adds a folder.
   seeded by `(config.seed, t)`, so a resumed run computes exactly what an uninterrupted one would;
 - resumes from the newest readable checkpoint of `workdir` (see `nca.checkpoint.restore_latest`);
 - writes `metrics.jsonl` and TensorBoard events (`nca.tensorboard`) every `log_every`
-  iterations (rows and events after the resumed checkpoint are trimmed first), checkpoints every
+  iterations (rows and events after the resumed checkpoint are trimmed first), with the system's
+  validation metrics (`Trainer.validate`) every `validate_every` and at the end; checkpoints every
   `checkpoint_every`, at the end and on SIGINT / SIGTERM;
 - stops with `TrainingError` on a non-finite metric or a failed save, naming the intact checkpoint;
 - holds the workdir's lock throughout.
@@ -115,6 +116,9 @@ class Trainer:
     shard_batch: shard the batch along `data` too (where `batch_size` divides).
     resumable: `(field, old, new, step) -> bool`: whether a config field may change when a run
         resumes at `step` (default: the core's bookkeeping fields only).
+    validate: `(state) -> {"val/...": scalar}` on held-out data, or None; the loop calls it
+        every `config.validate_every` iterations (a multiple of `log_every`) and at the end, and
+        logs its metrics in that iteration's row.
     """
 
     init_state: TrainState
@@ -124,6 +128,7 @@ class Trainer:
     sharded_fields: tuple[str, ...] = ()
     shard_batch: bool = False
     resumable: Callable[[str, Any, Any, int], bool] = checkpoint.resumable
+    validate: Callable[[TrainState], dict[str, Any]] | None = None
 
 
 def sample_batch(train_data: dict[str, np.ndarray], batch_size: int, seed: int, step: int):
@@ -240,6 +245,11 @@ def train(
     """
     workdir = Path(workdir)
     check_ranges(config, CORE_RANGES)
+    if config.get("validate_every") and config.validate_every % config.log_every:
+        raise ConfigError(
+            f"config fields validate_every={config.validate_every} and log_every="
+            f"{config.log_every} do not fit: validate_every must be a multiple of log_every."
+        )
     mesh = make_mesh()
     trainer = make_trainer(config, mesh)
     primary = jax.process_index() == 0
@@ -302,6 +312,7 @@ def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | 
     end = config.num_train_steps
     if max_iterations is not None:
         end = min(end, start + max_iterations)
+    validate_every = config.get("validate_every", 0) if trainer.validate else 0
 
     def save(step: int, metrics: dict[str, Any]) -> None:
         nonlocal last_saved
@@ -339,6 +350,13 @@ def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | 
                         **{k: float(v) for k, v in metrics.items()},
                         "train/iterations_per_sec": (done - step_last) / (now - t_last),
                     }
+                    if validate_every and (
+                        done % validate_every == 0 or done == config.num_train_steps
+                    ):
+                        val = jax.device_get(trainer.validate(state))
+                        _check_finite(val, done, last_saved, workdir)
+                        row.update({k: float(v) for k, v in val.items()})
+                        now = time.perf_counter()  # the rate counts training only
                     t_last, step_last = now, done
                     log.write(json.dumps(row) + "\n")
                     log.flush()

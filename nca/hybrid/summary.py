@@ -134,3 +134,58 @@ def plot_noise(panels: dict):
         axes[i, 0].set_ylabel(f"noise → {name}", rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.2)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Convergence (validation PSNR during training, `data.validation_images`)
+
+CONVERGED_TAIL = 0.2  # "no gain over the last 20 % of steps"
+CONVERGED_TOLERANCE_DB = 0.05
+
+
+def converged(steps, psnr, tail: float = CONVERGED_TAIL, tol: float = CONVERGED_TOLERANCE_DB):
+    """Whether a validation curve has stopped improving: its best over the last `tail` share of
+    the steps run is at most `tol` dB above its best before them (False with under 5 points)."""
+    steps, psnr = np.asarray(steps), np.asarray(psnr)
+    if len(steps) < 5:
+        return False
+    late = steps > steps[-1] * (1 - tail)
+    return bool(late.any() and (~late).any() and psnr[late].max() <= psnr[~late].max() + tol)
+
+
+def validation_report(workdirs) -> report.Report | None:
+    """`validation`: each workdir's `val/psnr` against training steps (figure), its best and
+    whether it converged (`converged`; Markdown, JSON); None if no workdir validated."""
+    import json
+    from pathlib import Path
+
+    runs = {}
+    for wd in workdirs:
+        path = Path(wd) / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        rows = [r for r in map(json.loads, lines) if "val/psnr" in r]
+        if rows:
+            steps, psnr = [r["step"] for r in rows], [r["val/psnr"] for r in rows]
+            best = int(np.argmax(psnr))
+            runs[str(wd)] = {
+                "steps": steps, "psnr": psnr, "best": psnr[best], "best_step": steps[best],
+                "converged": converged(steps, psnr),
+            }  # fmt: skip
+    if not runs:
+        return None
+    header = ["workdir", "steps run", "best val PSNR (dB)", "at step", "last", "converged"]
+    rows = [[Path(wd).name, r["steps"][-1], f"{r['best']:.2f}", r["best_step"],
+             f"{r['psnr'][-1]:.2f}", "yes" if r["converged"] else "no"]
+            for wd, r in runs.items()]  # fmt: skip
+    text = (f"Validation PSNR on held-out training digits; converged: no gain above "
+            f"{CONVERGED_TOLERANCE_DB} dB over the last {CONVERGED_TAIL:.0%} of the steps run.\n\n"
+            + report.table(header, rows) + "\n")  # fmt: skip
+    fig, ax = report.figure(figsize=(6, 3.8))
+    for wd, r in runs.items():
+        ax.plot(r["steps"], r["psnr"], "o-", ms=3, lw=1.2, label=Path(wd).name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return report.Report("validation", runs, text, fig)

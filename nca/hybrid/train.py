@@ -6,6 +6,11 @@ pixels, both from `fold_in(rng, step)`; the model restores the digit from `[x * 
 (gate dropout and state noise on); MSE against the clean digit over all pixels; global-norm
 clipping; Adam with warm-up and cosine decay. The classifier: cross-entropy on clean digits.
 
+With `data.validation_images` > 0 the last that many training digits are held out (never
+trained on) and a restorer's mean per-image PSNR on them, under fixed masks of seed
+`VALIDATION_MASK_SEED` in eval mode, is logged as `val/psnr` every `validate_every` iterations
+(the convergence curve; the test set stays untouched).
+
 The core loop (`nca.loop`: jit, shardings, batches, resume, checkpoints, metrics) runs what
 `make_trainer` supplies.
 """
@@ -27,10 +32,18 @@ from nca.config import ConfigError
 from nca.hybrid import masking, models
 
 RESUMABLE_CHANGES = frozenset({"data.mnist_dir"})  # besides the core's bookkeeping fields
+VALIDATION_MASK_SEED = 4321  # the held-out digits' masks (the test set's are TEST_MASK_SEED)
+VALIDATION_BATCH = 500
+
+
+# Fields added after runs were saved, with the value that means what their absence meant (None:
+# any value, the field is read only by an arch or gate no older run has).
+ADDED_FIELDS = {"data.validation_images": 0, "model.gate_local_hidden": None}
 
 
 def resumable(field: str, old, new, step: int) -> bool:
-    return checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES
+    added = old is None and field in ADDED_FIELDS and ADDED_FIELDS[field] in (None, new)
+    return checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES or added
 
 
 @flax.struct.dataclass
@@ -63,6 +76,7 @@ CONFIG_RANGES = {
     "final_lr_fraction": config_lib.fraction(),
     "grad_clip": config_lib.positive(),
     "data.max_train_images": config_lib.at_least(0),  # 0: all
+    "data.validation_images": config_lib.at_least(0),  # 0 or absent: no validation
 }
 
 
@@ -177,6 +191,15 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     """Any arch of the hybrid family: params replicated, the batch sharded along `data`."""
     validate_config(config)
     images, labels = data.load_training_digits(config.data.mnist_dir, config.data.max_train_images)
+    held_out = config.data.get("validation_images", 0)
+    if held_out >= len(images):
+        raise ConfigError(
+            f"data.validation_images={held_out} leaves no training digits of {len(images)}."
+        )
+    validate = None
+    if held_out and config.model.arch != "classifier":
+        validate = make_validate(config.model, images[-held_out:])
+        images, labels = images[:-held_out], labels[:-held_out]
     return loop.Trainer(
         init_state=init_train_state(config),
         train_step=make_train_step(config, mesh),
@@ -184,4 +207,20 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
         batch_size=config.batch_size,
         shard_batch=True,
         resumable=resumable,
+        validate=validate,
     )
+
+
+def make_validate(m: ml_collections.ConfigDict, images: np.ndarray):
+    """`validate(state) -> {"val/psnr": mean per-image PSNR}` of a restorer on `images`
+    (held-out training digits) under fixed masks, eval mode, in batches."""
+    masks = masking.eval_masks(len(images), VALIDATION_MASK_SEED)
+    forward = jax.jit(lambda params, x, keep: per_image_psnr(models.restore(params, x, keep, m), x))
+
+    def validate(state):
+        psnr = [forward(state.params, images[i : i + VALIDATION_BATCH],
+                        masks[i : i + VALIDATION_BATCH])
+                for i in range(0, len(images), VALIDATION_BATCH)]  # fmt: skip
+        return {"val/psnr": jnp.mean(jnp.concatenate(psnr))}
+
+    return validate

@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from nca import checkpoint, loop, tensorboard
-from nca.config import load_config
+from nca import checkpoint, data, loop, tensorboard
+from nca.config import ConfigError, load_config
+from nca.hybrid import masking, metrics, models, train
 from tests.conftest import REPO_ROOT
 
 
@@ -60,6 +61,34 @@ def test_training_lowers_the_loss(tmp_path, mnist_dir):
     loop.train_and_evaluate(config, tmp_path, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert rows[-1]["train/loss"] < 0.7 * rows[0]["train/loss"]
+
+
+def test_validation_psnr_on_held_out_digits(tmp_path, mnist_dir):
+    """`blog_budget`: the last training digits are held out and `val/psnr` is their mean PSNR
+    under fixed masks, logged every `validate_every` iterations."""
+    config = load_config("cnn_autoencoder:blog_budget,smoke")
+    config.data.mnist_dir = str(mnist_dir)
+    assert (config.data.validation_images, config.validate_every) == (40, 2)
+    trainer = train.make_trainer(config, loop.make_mesh(1))
+    images, _ = data.load_training_digits(str(mnist_dir), config.data.max_train_images)
+    assert len(trainer.train_data["images"]) == len(images) - 40  # held out: never trained on
+    np.testing.assert_array_equal(trainer.train_data["images"], images[:-40])
+    loop.train_and_evaluate(config, tmp_path, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "val/psnr" in r] == [2, 4, 6]
+    _, params, _ = checkpoint.load_params(tmp_path)
+    held_out = images[-40:]
+    masks = masking.eval_masks(40, train.VALIDATION_MASK_SEED)
+    restored = models.restore(params, held_out, masks, config.model)
+    want = metrics.mean_psnr(np.asarray(restored), held_out)
+    np.testing.assert_allclose(rows[-1]["val/psnr"], want, rtol=1e-4)
+    # validation only on log rows, and never on every training digit
+    config.validate_every = 3
+    with pytest.raises(ConfigError, match="validate_every must be a multiple of log_every"):
+        loop.train_and_evaluate(config, tmp_path / "bad", progress=False)
+    config.validate_every, config.data.validation_images = 2, len(images)
+    with pytest.raises(ConfigError, match="leaves no training digits"):
+        train.make_trainer(config, loop.make_mesh(1))
 
 
 RESTORE = [sys.executable, "-m", "experiments.restore"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from nca.config import ConfigError, load_config
-from nca.hybrid import evaluate, masking, metrics, models, train
+from nca.hybrid import evaluate, masking, metrics, models, summary, train
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +248,23 @@ def test_kmeans_purity_on_separated_clusters():
     assert purity == 1.0 and clusters == 10
     purity, _ = evaluate.kmeans_purity(x, rng.permutation(classes))
     assert purity < 0.6
+
+
+def test_converged_means_no_gain_over_the_last_fifth(tmp_path):
+    steps = np.arange(1, 11) * 1000
+    rising = 20 + np.log(steps)  # still gaining at the end
+    flat = np.minimum(20 + steps / 1000, 26.0)  # 26 dB reached at 6k, nothing after
+    assert not summary.converged(steps, rising)
+    assert summary.converged(steps, flat)
+    assert summary.converged(steps, flat + np.r_[np.zeros(9), 0.04])  # within the tolerance
+    assert not summary.converged(steps, flat + np.r_[np.zeros(9), 0.2])
+    assert not summary.converged(steps[:4], flat[:4])  # too few points to tell
+    rows = [{"step": int(s), "train/loss": 1.0, **({"val/psnr": float(p)} if s % 2000 == 0
+             else {})} for s, p in zip(steps, flat, strict=True)]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = summary.validation_report([tmp_path, tmp_path / "no_runs_here"])
+    assert list(result.data) == [str(tmp_path)]  # a workdir without validation is left out
+    run = result.data[str(tmp_path)]
+    assert run["steps"] == [2000, 4000, 6000, 8000, 10000] and run["best"] == 26.0
+    assert run["converged"] and "| yes |" in result.markdown
+    assert summary.validation_report([tmp_path / "no_runs_here"]) is None
