@@ -60,6 +60,15 @@ def _apply_conv(p, x, stride=1):
     return y + p["b"]
 
 
+def _conv3x3_im2col(p, x):
+    """`_apply_conv` of a 3x3 kernel (SAME, stride 1) as one matrix product over the nine
+    shifted copies of `x`: on a CPU several times faster than `lax.conv` in training."""
+    b, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], -1)
+    return patches @ p["w"].reshape(9 * c, -1) + p["b"]
+
+
 def gate_kind(m: ml_collections.ConfigDict) -> str:
     return "none" if m.arch == "ca_only" else m.gate
 
@@ -148,7 +157,7 @@ def gate_delta(
     """The gate's additive delta `(B, H, W, C)` in (-1, 1); `key` set means training (dropout)."""
     b, h, w, c = s.shape
     if m.gate == "local":
-        return jnp.tanh(_apply_dense(g["delta"], jax.nn.relu(_apply_conv(g["hidden"], s))))
+        return jnp.tanh(_apply_dense(g["delta"], jax.nn.relu(_conv3x3_im2col(g["hidden"], s))))
     if m.gate == "global":
         v = _apply_dense(g["proj"], s).reshape(b, h * w)
         d = _mlp(g, v, m.gate_dropout, key)

@@ -268,3 +268,10 @@ def test_converged_means_no_gain_over_the_last_fifth(tmp_path):
     assert run["steps"] == [2000, 4000, 6000, 8000, 10000] and run["best"] == 26.0
     assert run["converged"] and "| yes |" in result.markdown
     assert summary.validation_report([tmp_path / "no_runs_here"]) is None
+
+
+def test_local_gate_convolution_is_lax_conv():
+    """The local gate's 3x3 convolution (nine shifted copies, one product) against `lax.conv`."""
+    p = models._conv(jax.random.PRNGKey(0), 3, 16, 8)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 16))
+    np.testing.assert_allclose(models._conv3x3_im2col(p, x), models._apply_conv(p, x), atol=1e-5)
