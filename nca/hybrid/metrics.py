@@ -120,7 +120,8 @@ def analytic_flops(m: ml_collections.ConfigDict) -> dict[str, int]:
     tr += hw
     gate = models.gate_kind(m)
     if gate == "local":
-        add(_conv3(32, c, m.gate_local_hidden), hw * m.gate_local_hidden)  # + ReLU
+        # its 3x3 conv is one im2col product: every tap counts, the zero padding's too
+        add(_dense(hw, 9 * c, m.gate_local_hidden), hw * m.gate_local_hidden)  # + ReLU
         add(_dense(hw, m.gate_local_hidden, c))
         tr += hw * c
     elif gate != "none":

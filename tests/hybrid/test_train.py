@@ -219,7 +219,11 @@ def test_flop_count_matches_xla(name):
     p = models.init_params(jax.random.PRNGKey(0), m)
     analytic = metrics.analytic_flops(m)
     xla = metrics.xla_cost(m, p, batch=2)
-    assert analytic["total"] == pytest.approx(xla["flops"], rel=0.05)  # the issue allows 10 %
+    # The issue allows 10 %. The local gate's nine shifted copies of the state make XLA fuse
+    # the previous step's LayerNorm into each of them, elementwise work it counts nine times
+    # (measured: +0.73 MFLOPs per step, 9 % of the total; one isolated step matches to 0.5 %).
+    rel = 0.1 if "gate_local" in name else 0.05
+    assert analytic["total"] == pytest.approx(xla["flops"], rel=rel)
     assert analytic["matmul"] <= xla["flops"]
 
 
@@ -233,10 +237,9 @@ def test_flop_count_scales_with_steps_and_gate(configs):
     # the patch gate: the MLP on 16 patches, 1x1 conv 4->16
     patch = metrics.analytic_flops(configs["hybrid:gate_patch"].model)
     assert patch["matmul"] - c["matmul"] == 10 * 2 * (16 * 1_310_720 + 1024 * 4 * 16)
-    # the local gate: 3x3 conv 16->8 (XLA skips the padding's taps), 1x1 conv 8->16
+    # the local gate: 3x3 conv 16->8 as an im2col product (all 9 taps), 1x1 conv 8->16
     local = metrics.analytic_flops(configs["hybrid:gate_local"].model)
-    taps = (3 * 32 - 2) ** 2  # 3x3 taps inside a 32x32 image
-    assert local["matmul"] - c["matmul"] == 10 * 2 * (taps * 16 * 8 + 1024 * 8 * 16)
+    assert local["matmul"] - c["matmul"] == 10 * 2 * (1024 * 9 * 16 * 8 + 1024 * 8 * 16)
 
 
 def test_kmeans_purity_on_separated_clusters():
