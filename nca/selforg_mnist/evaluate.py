@@ -243,14 +243,18 @@ ARTICLE = {
                  "top_agreement": 88.2, "top_agreement_step": 190, "agreement_final": 88.1},
 }  # fmt: skip
 STUDY_COLUMNS = ("top_accuracy", "accuracy_final", "top_agreement", "agreement_final",
-                 "magnitude_10", "magnitude_final")  # fmt: skip
+                 "accuracy_end", "agreement_end", "magnitude_10", "magnitude_final")  # fmt: skip
 
 
 def study_row(result: dict) -> dict[str, float]:
-    """An `eval_<variant>.json`'s summary plus the mean state magnitude of alive cells at step
-    10 and at the last step before the mutation (the article's boundedness figure)."""
-    magnitude, steps = np.asarray(result["curves"]["state_magnitude"]), result["steps"]
-    return {**result["summary"], "magnitude_10": float(magnitude[min(10, steps) - 1]),
+    """An `eval_<variant>.json`'s summary (the first `steps` steps), accuracy and agreement at
+    its last step (`2 * steps`: after the restart or the mutation; percent), and the mean state
+    magnitude of alive cells at step 10 and at `steps` (the article's boundedness figure)."""
+    curves, steps = result["curves"], result["steps"]
+    magnitude = np.asarray(curves["state_magnitude"])
+    return {**result["summary"], "accuracy_end": 100 * float(curves["accuracy"][-1]),
+            "agreement_end": 100 * float(curves["agreement"][-1]),
+            "magnitude_10": float(magnitude[min(10, steps) - 1]),
             "magnitude_final": float(magnitude[steps - 1])}  # fmt: skip
 
 
@@ -263,11 +267,13 @@ def study_report(results: list[dict]):
     from nca.selforg_mnist import plots
 
     steps = results[0]["steps"]
+    end = max(len(r["curves"]["accuracy"]) for r in results)
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in sorted(results, key=lambda r: (r["variant"], r["config"], r["seed"])):
         groups.setdefault(r["variant"], {}).setdefault(r["config"], []).append(r)
     header = ["model", "seeds", "top accuracy", f"accuracy at {steps}", "top agreement",
-              f"agreement at {steps}", "state magnitude at 10", f"at {steps}"]  # fmt: skip
+              f"agreement at {steps}", f"accuracy at {end}", f"agreement at {end}",
+              "state magnitude at 10", f"at {steps}"]  # fmt: skip
     sections, data = [], {}
     for variant, configs in groups.items():
         rows, data[variant] = [], {}
@@ -276,7 +282,7 @@ def study_report(results: list[dict]):
                 if name in configs:
                     rows.append([f"article, {name}", "", f"{s['top_accuracy']:.1f}",
                                  f"{s['accuracy_final']:.1f}", f"{s['top_agreement']:.1f}",
-                                 f"{s['agreement_final']:.1f}", "", ""])  # fmt: skip
+                                 f"{s['agreement_final']:.1f}", "", "", "", ""])  # fmt: skip
         for name, runs in configs.items():
             values = np.array([[study_row(r)[c] for c in STUDY_COLUMNS] for r in runs])
             mean = values.mean(0)
@@ -288,13 +294,14 @@ def study_report(results: list[dict]):
                 "runs": {str(r["seed"]): study_row(r) for r in runs},
             }
             cells = [f"{m:.1f} ± {s:.1f}" if len(runs) > 1 else f"{m:.1f}"
-                     for m, s in zip(mean[:4], std[:4], strict=True)]  # fmt: skip
-            cells += [f"{m:.2f}" for m in mean[4:]]
+                     for m, s in zip(mean[:6], std[:6], strict=True)]  # fmt: skip
+            cells += [f"{m:.2f}" for m in mean[6:]]
             rows.append([f"ours, {name}", ",".join(str(r["seed"]) for r in runs), *cells])
         per_seed = [[f"{name} seed {r['seed']}", f"{s['top_accuracy']:.1f} at "
                      f"{s['top_accuracy_step']}", f"{s['accuracy_final']:.1f}",
                      f"{s['top_agreement']:.1f} at {s['top_agreement_step']}",
-                     f"{s['agreement_final']:.1f}", f"{s['magnitude_10']:.2f}",
+                     f"{s['agreement_final']:.1f}", f"{s['accuracy_end']:.1f}",
+                     f"{s['agreement_end']:.1f}", f"{s['magnitude_10']:.2f}",
                      f"{s['magnitude_final']:.2f}"]
                     for name, runs in configs.items() for r in runs
                     for s in [study_row(r)]]  # fmt: skip
