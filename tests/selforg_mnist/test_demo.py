@@ -39,6 +39,7 @@ webdriver = pytest.importorskip(
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from selenium.common.exceptions import JavascriptException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -500,6 +501,8 @@ def test_static_export_without_digits(driver, static_server):
     assert not driver.execute_script("return window.ncaDemo.hasAdversary();")
     for css in ("#scatter", "#remove", "input[name=mode][value=adversary]"):
         assert driver.find_element(By.CSS_SELECTOR, css).get_attribute("disabled") is not None
+    with pytest.raises(JavascriptException, match="no adversary.json was served"):
+        driver.execute_script("window.ncaDemo.scatterAdversaries(0.1);")
     assert not driver.find_element(By.ID, "error").is_displayed()
 
 

@@ -83,6 +83,7 @@
     stepCount: () => steps,
     hasAdversary: () => adversary !== null,
     setAdversaries: (flat) => {
+      needAdversary();
       if (flat.length !== H * W) {
         throw new Error(`setAdversaries: ${flat.length} values; the grid needs ${H * W}`);
       }
@@ -90,7 +91,10 @@
       dirty = true;
     },
     adversaryMask: () => Array.from(adversarial),
-    scatterAdversaries,
+    scatterAdversaries: (fraction) => {
+      needAdversary();
+      scatterAdversaries(fraction);
+    },
     removeAdversaries,
   };
   window.ncaDemo = api;
@@ -177,6 +181,10 @@
     steps++;
     measured.steps++;
     dirty = true;
+  }
+
+  function needAdversary() {
+    if (!adversary) throw new Error("no adversary.json was served: there is no second rule");
   }
 
   // Marks each grid cell adversarial with probability `fraction` (the attack's mask).
