@@ -29,6 +29,9 @@ def metanca_config(arg: str | None) -> ml_collections.ConfigDict:
     c.model.code_dims = 10  # per position code; hidden state H = 3 * code_dims
     c.model.rule_hidden = (64, 64)
     c.model.input_grid = ()  # (rows, cols): inputs are pixels, coded by row and column
+    c.model.conv_kernel = 3  # conv layers ("cN" in an architecture): kernel size and stride,
+    c.model.conv_stride = 2  # SAME padding
+    c.model.layer_kind_input = False  # the rule also perceives whether a weight is in a conv
     c.model.fire_rate = 0.8
     c.model.fan_in_scaling = "no_fan_in" not in options
     c.model.same_matrix_only = "same_matrix" in options

@@ -73,6 +73,11 @@ class Range:
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
+    def accepts(self, entry) -> bool:
+        """Whether one entry of a field is a number in the range (systems whose tuple fields
+        also hold other entries, e.g. MetaNCA's conv layers, override this)."""
+        return _is_number(entry) and entry in self
+
     def __str__(self) -> str:
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
@@ -151,7 +156,7 @@ def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, Range]) ->
         if value is missing:
             continue
         for entry in _entries(value):
-            if not _is_number(entry) or entry not in allowed:
+            if not allowed.accepts(entry):
                 every = "every entry " if isinstance(value, (tuple, list)) else ""
                 raise ConfigError(
                     f"config field {name}={value!r} is out of range: {every}must be {allowed}."

@@ -4,6 +4,7 @@ reloads the rule from a workdir and writes figures and tables."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import jax
@@ -20,21 +21,42 @@ def init_keys(seed: int, n: int) -> jax.Array:
     return jax.random.split(jax.random.PRNGKey(seed), n)
 
 
-def grow_final_accuracy(config: ml_collections.ConfigDict, rule, arch, keys, x, y, num_steps: int):
+def timed(fn, *args):
+    """`fn(*args)` for a jitted `fn`, compiled first and then run once: `(outputs, seconds of
+    the run alone)`."""
+    compiled = fn.lower(*args).compile()
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    return out, time.perf_counter() - start
+
+
+def grow_final_accuracy(
+    config: ml_collections.ConfigDict,
+    rule,
+    arch,
+    keys,
+    x,
+    y,
+    num_steps: int,
+    *,
+    with_seconds: bool = False,
+):
     """Accuracy `(len(keys),)` on `(x, y)` of nets grown from fresh inits for `num_steps` rule
-    steps (vmapped over the init keys)."""
-    kw = metanca_train.step_kwargs(config)
+    steps (vmapped over the init keys); `with_seconds`: and the seconds the growing took
+    (compiled beforehand)."""
+    kw = metanca_train.step_kwargs(config, arch)
 
     @jax.jit
     def run(rule, keys, x, y):
         def one(k):
             net = metanca_train.init_net(config, arch, k)
             grown, _ = model.rollout(rule, net, jax.random.fold_in(k, 1), num_steps, **kw)
-            return model.accuracy(model.forward(grown, x), y)
+            return model.accuracy(model.forward(grown, x, kw["spec"]), y)
 
         return jax.lax.map(one, keys) if len(keys) > 16 else jax.vmap(one)(keys)
 
-    return np.asarray(run(rule, keys, x, y))
+    acc, seconds = timed(run, rule, keys, x, y)
+    return (np.asarray(acc), seconds) if with_seconds else np.asarray(acc)
 
 
 def grow_curves(
@@ -52,10 +74,10 @@ def grow_curves(
     """Loss and accuracy on `(x, y)` after every rule step of fresh nets, `(len(keys),
     num_steps + 1)` each (column 0: the init). With `damage_at`, the nets are zero-out damaged
     after that many steps (one random layer and `damage_fraction` of the other weights)."""
-    kw = metanca_train.step_kwargs(config)
+    kw = metanca_train.step_kwargs(config, arch)
 
     def measure(state):
-        logits = model.forward(state, x)
+        logits = model.forward(state, x, kw["spec"])
         return model.cross_entropy(logits, y), model.accuracy(logits, y)
 
     @jax.jit
@@ -100,7 +122,7 @@ def stability(loss: np.ndarray) -> dict[str, float]:
 
 
 def backprop_curves(
-    arch: Sequence[int],
+    spec: Sequence[model.LayerSpec],
     keys,
     train_x,
     train_y,
@@ -110,10 +132,13 @@ def backprop_curves(
     learning_rate: float,
     batch_size: int = 0,
     seed: int = 0,
+    record: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The baseline: the same MLPs (same init) trained by Adam for `num_steps` steps on the
-    training split (full batch, or `batch_size` random examples a step). Loss and accuracy on
-    `(x, y)` after every step, `(len(keys), num_steps + 1)`."""
+    """The baseline: the same task nets (`spec`, same inits) trained by Adam for `num_steps`
+    steps on the training split (full batch, or `batch_size` random examples a step). Loss and
+    accuracy on `(x, y)` after every step, `(len(keys), num_steps + 1)`, and `seconds`: how
+    long the training took (compiled beforehand). `record=False` measures only the final nets
+    (`(len(keys), 1)`), so that `seconds` times Adam's steps alone."""
     opt = optax.adam(learning_rate)
     n = len(train_x)
     rng = np.random.default_rng(seed)
@@ -123,31 +148,38 @@ def backprop_curves(
         idx = np.broadcast_to(np.arange(n), (num_steps, n))
 
     def measure(state):
-        logits = model.forward(state, x)
+        logits = model.forward(state, x, spec)
         return model.cross_entropy(logits, y), model.accuracy(logits, y)
 
     @jax.jit
     def run(keys, idx):
         def one(k):
-            net = model.init_net(k, arch, 2)
-            params = [w for w, _ in net]
+            params = model.init_weights(k, spec)
 
             def loss_fn(params, b):
-                st = tuple((w, None) for w in params)
-                return model.cross_entropy(model.forward(st, train_x[b]), train_y[b])
+                return model.cross_entropy(
+                    model.forward(as_net(params), train_x[b], spec), train_y[b]
+                )
 
             def step(carry, b):
                 params, opt_state = carry
                 grads = jax.grad(loss_fn)(params, b)
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = optax.apply_updates(params, updates)
-                return (params, opt_state), measure(tuple((w, None) for w in params))
+                return (params, opt_state), (measure(as_net(params)) if record else None)
 
-            _, m = jax.lax.scan(step, (params, opt.init(params)), idx)
-            m0 = measure(tuple((w, None) for w in params))
+            (final, _), m = jax.lax.scan(step, (params, opt.init(params)), idx)
+            if not record:
+                return jax.tree.map(lambda a: a[None], measure(as_net(final)))
+            m0 = measure(as_net(params))
             return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), m0, m)
 
         return jax.vmap(one)(keys)
 
-    loss, acc = run(keys, jnp.asarray(idx))
-    return {"loss": np.asarray(loss), "accuracy": np.asarray(acc)}
+    (loss, acc), seconds = timed(run, keys, jnp.asarray(idx))
+    return {"loss": np.asarray(loss), "accuracy": np.asarray(acc), "seconds": seconds}
+
+
+def as_net(weights) -> model.NetState:
+    """Weights alone as a NetState (no hidden states), for `model.forward`."""
+    return tuple((w, None) for w in weights)

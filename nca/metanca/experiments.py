@@ -8,7 +8,8 @@ stability:  (iris) a long rollout: steps until the loss is within 10 % of its mi
 zero_out:   grow, zero one layer and 30 % of the other weights, keep growing; the rule and, if
             given, a second one (e.g. `:damage`), each labelled by whether its config trained
             with damage.
-baseline:   the same MLPs trained by Adam for the same number of steps.
+baseline:   the same task nets trained by Adam for the same number of steps, and for as many
+            steps as Adam takes in the rule's time.
 
 `experiments/metanca.py` is the command.
 """
@@ -314,31 +315,43 @@ def run_zero_out(m, d, s: Settings, damage=None) -> report.Report:
 
 
 def run_baseline(m, d, s: Settings) -> report.Report:
+    """Grown by the rule vs trained by Adam from the same inits: at equal steps, and Adam at
+    the rule's wall-clock time (both timed without per-step metrics, after compiling)."""
     config = m["config"]
     keys = evaluate.init_keys(s.seed, s.nets)
     n = horizon(m, s)
     long = 10 * n
+    test_x, test_y = curve_split(d, "test", s)
     fig, ax = report.figure(figsize=(7, 4))
     result = {"source": source(m), "rule_steps": n, "baseline_lr": s.baseline_lr, "archs": []}
     rows = []
     for arch in metanca_train.archs(config.train_archs) + metanca_train.archs(config.test_archs):
-        test_x, test_y = curve_split(d, "test", s)
+        spec = metanca_train.net_spec(config, arch)
+        adam = dict(learning_rate=s.baseline_lr, batch_size=int(config.batch_size), seed=s.seed)
         grown = evaluate.grow_curves(config, m["rule"], arch, keys, test_x, test_y, long)
         bp = evaluate.backprop_curves(
-            arch,
-            keys,
-            d["train_x"],
-            d["train_y"],
-            test_x,
-            test_y,
-            long,
-            s.baseline_lr,
-            batch_size=int(config.batch_size),
-            seed=s.seed,
+            spec, keys, d["train_x"], d["train_y"], test_x, test_y, long, **adam
         )
+        _, rule_s = evaluate.grow_final_accuracy(
+            config, m["rule"], arch, keys, test_x, test_y, n, with_seconds=True
+        )
+        adam_s = (
+            evaluate.backprop_curves(
+                spec, keys, d["train_x"], d["train_y"], test_x, test_y, long, record=False, **adam
+            )["seconds"]
+            / long
+        )
+        same_time = min(long, int(rule_s / adam_s))  # Adam steps in the rule's n steps' time
         g, b = grown["accuracy"].mean(0), bp["accuracy"].mean(0)
-        result["archs"].append({"arch": list(arch), "metanca": g.tolist(), "backprop": b.tolist()})
-        rows.append(f"| {list(arch)} | {g[n]:.3f} | {b[n]:.3f} | {g[long]:.3f} | {b[long]:.3f} |")
+        result["archs"].append({
+            "arch": list(arch), "metanca": g.tolist(), "backprop": b.tolist(),
+            "rule_seconds": rule_s, "adam_seconds_per_step": adam_s,
+            "adam_steps_in_rule_time": same_time,
+        })  # fmt: skip
+        rows.append(
+            f"| {list(arch)} | {g[n]:.3f} | {b[n]:.3f} | {b[same_time]:.3f} ({same_time}) | "
+            f"{g[long]:.3f} | {b[long]:.3f} |"
+        )
         line = ax.plot(g, label=f"MetaNCA {list(arch)}")[0]
         ax.plot(b, ls="--", color=line.get_color(), label=f"Adam {list(arch)}")
     ax.axvline(n, color="k", ls=":")
@@ -349,8 +362,10 @@ def run_baseline(m, d, s: Settings) -> report.Report:
     table = (
         f"Grown by the rule vs trained by Adam (lr {s.baseline_lr}, batch "
         f"{config.batch_size or 'full'}) from the same inits: test accuracy, mean of "
-        f"{s.nets} nets.\n\n| architecture | MetaNCA @ {n} | Adam @ {n} | MetaNCA @ "
-        f"{long} | Adam @ {long} |\n|---|---|---|---|---|\n" + "\n".join(rows)
+        f"{s.nets} nets. Equal time: Adam after as many steps as it takes in the time the "
+        f"rule takes for {n} steps ({s.nets} nets at once, compiled, no per-step metrics).\n\n"
+        f"| architecture | MetaNCA @ {n} | Adam @ {n} | Adam @ equal time (steps) | "
+        f"MetaNCA @ {long} | Adam @ {long} |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
     return report.Report("baseline", result, table, fig)
 

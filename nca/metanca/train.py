@@ -21,6 +21,9 @@ loss (an EMA of the accepted iterations) keeps the old rule, optimiser state and
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -34,10 +37,15 @@ from nca.metanca import data as metanca_data
 from nca.metanca import model
 
 RESUMABLE_CHANGES = frozenset({"data.mnist_dir"})  # besides the core's bookkeeping fields
+# Fields added after runs were saved, with the value that means what their absence meant (None:
+# any value, the field is read only by conv layers, which no older run has).
+ADDED_FIELDS = {"model.conv_kernel": None, "model.conv_stride": None,
+                "model.layer_kind_input": False}  # fmt: skip
 
 
 def resumable(field: str, old, new, step: int) -> bool:
-    return checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES
+    added = old is None and field in ADDED_FIELDS and ADDED_FIELDS[field] in (None, new)
+    return checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES or added
 
 
 @flax.struct.dataclass
@@ -48,34 +56,56 @@ class TrainState(loop.TrainState):
     loss_avg: jax.Array  # () float32: running average of accepted losses (spike discard)
 
 
-def archs(config_archs) -> tuple[tuple[int, ...], ...]:
-    """Config architectures (tuples, or lists after a JSON round trip) as tuples of ints."""
-    return tuple(tuple(int(n) for n in a) for a in config_archs)
+def archs(config_archs) -> tuple[tuple[int | str, ...], ...]:
+    """Config architectures (tuples, or lists after a JSON round trip) as tuples of ints and
+    conv entries (`"c8"`, `model.is_conv`)."""
+    return tuple(tuple(n if model.is_conv(n) else int(n) for n in a) for a in config_archs)
 
 
 def arch_name(arch) -> str:
     return "-".join(str(n) for n in arch)
 
 
-def step_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """The rule-step options of a config, for `model.rule_step` / `model.rollout`."""
+def net_spec(config: ml_collections.ConfigDict, arch) -> tuple[model.LayerSpec, ...]:
+    """The layers of `arch` under the config's input grid and conv shape (`model.net_spec`);
+    a bad architecture is a `ConfigError`."""
+    m = config.model
+    try:
+        return model.net_spec(
+            arch, tuple(m.get("input_grid", ())), m.get("conv_kernel", 3), m.get("conv_stride", 2)
+        )
+    except model.ArchError as e:
+        raise ConfigError(f"{e} (config {config.name})") from None
+
+
+def step_kwargs(config: ml_collections.ConfigDict, arch) -> dict:
+    """The rule-step options of a config for nets of `arch`, for `model.rule_step` /
+    `model.rollout`."""
     m = config.model
     return {
         "fire_rate": m.fire_rate,
         "fan_in_scaling": m.fan_in_scaling,
         "same_matrix_only": m.same_matrix_only,
+        "spec": net_spec(config, arch),
+        "layer_kind_input": m.get("layer_kind_input", False),
     }
 
 
 def init_rule(config: ml_collections.ConfigDict, key: jax.Array) -> model.RuleParams:
     m = config.model
-    return model.init_rule(key, 3 * m.code_dims, tuple(m.rule_hidden))
+    return model.init_rule(
+        key, 3 * m.code_dims, tuple(m.rule_hidden), m.get("layer_kind_input", False)
+    )
 
 
 def init_net(config: ml_collections.ConfigDict, arch, key: jax.Array) -> model.NetState:
     """A fresh task net of `arch` with the config's position codes."""
     return model.init_net(
-        key, arch, config.model.code_dims, tuple(config.model.get("input_grid", ()))
+        key,
+        arch,
+        config.model.code_dims,
+        tuple(config.model.get("input_grid", ())),
+        net_spec(config, arch),
     )
 
 
@@ -111,14 +141,31 @@ def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerSizes(config_lib.Range):
+    """Architecture entries: widths >= 1, and conv layers `"cN"` with N >= 1 maps."""
+
+    low: float | None = 1
+
+    def accepts(self, entry) -> bool:
+        if model.is_conv(entry):
+            entry = int(entry[1:]) if entry[1:].isdigit() else 0
+        return super().accepts(entry)
+
+    def __str__(self) -> str:
+        return ">= 1 (a width, or 'cN' for a conv to N >= 1 maps)"
+
+
 # The range of every numeric config field this system reads (`nca.loop.check_config`).
 CONFIG_RANGES = {
     "model.code_dims": config_lib.at_least(2),
     "model.rule_hidden": config_lib.at_least(1),
     "model.input_grid": config_lib.at_least(1),
+    "model.conv_kernel": config_lib.at_least(1),
+    "model.conv_stride": config_lib.at_least(1),
     "model.fire_rate": config_lib.fraction(low_open=True),
-    "train_archs": config_lib.at_least(1),
-    "test_archs": config_lib.at_least(1),
+    "train_archs": LayerSizes(),
+    "test_archs": LayerSizes(),
     "num_rule_steps": config_lib.at_least(1),
     "curriculum_steps": config_lib.at_least(0),  # 0: all rule steps from the start
     "nets_per_arch": config_lib.at_least(1),
@@ -142,6 +189,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"unknown data.task {config.data.task!r}; choose iris or mnist.")
     if not config.train_archs:
         raise ConfigError("train_archs is empty.")
+    for arch in archs(config.train_archs) + archs(config.test_archs):
+        net_spec(config, arch)
     if config.use_pool and config.pool_size < config.nets_per_arch:
         raise ConfigError(f"pool_size {config.pool_size} < nets_per_arch {config.nets_per_arch}.")
 
@@ -181,7 +230,6 @@ def make_train_step(config: ml_collections.ConfigDict):
     `train/lr`."""
     optimizer = make_optimizer(config)
     arch_list = archs(config.train_archs)
-    kwargs = step_kwargs(config)
 
     def train_step(state: TrainState, batch, key):
         n_active = curriculum(config, state.step)
@@ -197,20 +245,22 @@ def make_train_step(config: ml_collections.ConfigDict):
         )
 
         def objective(rule):
-            def grow_and_score(x0, k):
+            def grow_and_score(x0, k, arch):
+                kwargs = step_kwargs(config, arch)
                 final, _ = model.rollout(
                     rule, x0, k, config.num_rule_steps, active_steps=n_active, remat=True, **kwargs
                 )
-                logits = model.forward(final, batch["x"])
+                logits = model.forward(final, batch["x"], kwargs["spec"])
                 return model.cross_entropy(logits, batch["y"]), (
                     final,
                     model.accuracy(logits, batch["y"]),
                 )
 
             per_arch = []
-            for x0, k in zip(starts, keys[len(arch_list) :], strict=True):
+            for arch, x0, k in zip(arch_list, starts, keys[len(arch_list) :], strict=True):
                 net_keys = jax.random.split(k, config.nets_per_arch)
-                losses, (finals, accs) = jax.vmap(grow_and_score)(x0, net_keys)
+                grow = functools.partial(grow_and_score, arch=arch)
+                losses, (finals, accs) = jax.vmap(grow)(x0, net_keys)
                 per_arch.append((losses.mean(), finals, accs.mean()))
             loss = jnp.mean(jnp.stack([p[0] for p in per_arch]))
             return loss, per_arch

@@ -1,6 +1,7 @@
-"""MetaNCA end to end: the smoke config meta-trains, checkpoints, resumes, and every experiment
-runs in-process on the reloaded rule and writes its JSON, Markdown and figure (accuracy and
-stability share their growing code with grid and zero_out), and the command runs one."""
+"""MetaNCA end to end: the smoke config (an MLP and a CNN) meta-trains, checkpoints, resumes,
+and every experiment runs in-process on the reloaded rule and writes its JSON, Markdown and
+figure (accuracy and stability share their growing code with grid and zero_out), and the
+command runs one."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     train = [
         "-m",
         "experiments.train",
-        "--config=metanca_mnist:smoke",
+        "--config=metanca_mnist_cnn:smoke",  # an MLP and a CNN trained, a CNN held out
         f"--workdir={workdir}",
         f"--config.data.mnist_dir={mnist_dir}",
     ]
@@ -44,7 +45,7 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     run(*train)  # resumes from checkpoint 3 to 6
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 3, 4, 6]
-    assert all("train/loss_784-8-10" in r for r in rows)
+    assert all("train/loss_784-8-10" in r and "train/loss_784-c2-c3-10" in r for r in rows)
 
     out = tmp_path / "out"
     m = experiments.load(workdir)
@@ -58,7 +59,7 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     run("-m", "experiments.metanca", f"--workdir={workdir}", f"--out={out}", "--nets=2",
         "--experiment=accuracy")  # fmt: skip
     accuracy = json.loads((out / "accuracy.json").read_text())
-    assert [a["trained"] for a in accuracy["archs"]] == [True, False]
+    assert [a["trained"] for a in accuracy["archs"]] == [True, True, False]
     grid = json.loads((out / "grid.json").read_text())
     assert grid["sizes"] == [10] and 0 <= grid["min"] <= grid["max"] <= 1
     zero = json.loads((out / "zero_out.json").read_text())
@@ -67,4 +68,7 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     for name in ("grid", "zero_out", "baseline"):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.md").exists()
     baseline = json.loads((out / "baseline.json").read_text())
-    assert [a["arch"] for a in baseline["archs"]] == [[784, 8, 10], [784, 6, 10]]
+    assert [a["arch"] for a in baseline["archs"]] == [[784, 8, 10], [784, "c2", "c3", 10],
+                                                      [784, "c3", 10]]  # fmt: skip
+    for a in baseline["archs"]:  # Adam at the rule's time: a step count within the curve
+        assert 0 <= a["adam_steps_in_rule_time"] <= 30 and a["adam_seconds_per_step"] > 0

@@ -151,16 +151,16 @@ def test_meta_training_lowers_the_task_loss():
         config.learning_rate = 3e-3
     task = metanca_data.load_iris()
     x, y = jnp.asarray(task["train_x"]), jnp.asarray(task["train_y"])
-    kw = metanca_train.step_kwargs(config)
 
     @jax.jit
     def fresh_loss(rule):
         losses = []
         for arch in metanca_train.archs(config.train_archs):
+            kw = metanca_train.step_kwargs(config, arch)
             keys = jax.random.split(jax.random.PRNGKey(99), 8)
             nets = metanca_train.init_nets(config, arch, keys)
             grown, _ = jax.vmap(
-                lambda s, k: model.rollout(rule, s, k, config.num_rule_steps, **kw)
+                lambda s, k, kw=kw: model.rollout(rule, s, k, config.num_rule_steps, **kw)
             )(nets, keys)
             losses.append(jax.vmap(lambda s: model.cross_entropy(model.forward(s, x), y))(grown))
         return jnp.mean(jnp.stack(losses))
