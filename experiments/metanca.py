@@ -26,6 +26,10 @@ _EXPERIMENT = flags.DEFINE_list(
     "experiment", ["accuracy"], f"Any of {', '.join(experiments.RUNS)}."
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
+_GRID_REFERENCE = flags.DEFINE_string(
+    "grid_reference", None, "grid: a published heatmap (JSON: sizes, accuracy, source) to plot "
+    "beside ours with the difference.",
+)  # fmt: skip
 _NETS = flags.DEFINE_integer("nets", S.nets, "Sampled task nets per architecture.", lower_bound=1)
 _GRID_SIZES = flags.DEFINE_list("grid_sizes", list(map(str, S.grid_sizes)), "grid: X and Y.")
 _GRID_NETS = flags.DEFINE_integer("grid_nets", S.grid_nets, "grid: sampled task nets per cell.",
@@ -68,7 +72,10 @@ def main(argv):
     extra = {
         "stability": {"nopool": experiments.load(_NOPOOL.value) if _NOPOOL.value else None},
         "zero_out": {"damage": experiments.load(_DAMAGE.value) if _DAMAGE.value else None},
-    }
+        "grid": {"reference": experiments.grid_reference(_GRID_REFERENCE.value,
+                                                         settings.grid_sizes)
+                 if _GRID_REFERENCE.value else None},
+    }  # fmt: skip
     for name in _EXPERIMENT.value:
         if name == "grid" and m["config"].data.task != "mnist":
             raise cli.InputError("the grid experiment is for MNIST rules.")

@@ -2,7 +2,8 @@
 an `nca.report.Report` (its data, table and figure) and writes nothing.
 
 accuracy:   mean test accuracy of freshly grown nets, trained and held-out architectures.
-grid:       (MNIST) heatmap of mean test accuracy of grown [784, X, Y, 10], X, Y in 10..90.
+grid:       (MNIST) heatmap of mean test accuracy of grown [784, X, Y, 10], X, Y in 10..100
+            with 100 nets per cell (the abstract's protocol), optionally beside a published one.
 stability:  (iris) a long rollout: steps until the loss is within 10 % of its minimum and the
             longest run within it, with the pool and (if given) without.
 zero_out:   grow, zero one layer and 30 % of the other weights, keep growing; the rule and, if
@@ -17,7 +18,10 @@ baseline:   the same task nets trained by Adam for the same number of steps, and
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +42,8 @@ class Settings:
     """How the experiments sample and grow (the command's flags)."""
 
     nets: int = 32  # sampled task nets per architecture
-    grid_sizes: tuple[int, ...] = tuple(range(10, 100, 10))  # grid: hidden sizes X and Y
-    grid_nets: int = 10  # grid: sampled task nets per cell
+    grid_sizes: tuple[int, ...] = tuple(range(10, 110, 10))  # grid: X and Y (the abstract's)
+    grid_nets: int = 100  # grid: sampled task nets per cell (the abstract's)
     steps: int = 0  # rule steps to grow (0: the trained horizon)
     long_steps: int = 500  # stability: length of the long rollout
     damage_at: int = 50  # zero_out: rule steps before the damage
@@ -125,7 +129,29 @@ def run_accuracy(m, d, s: Settings) -> report.Report:
     return report.Report("accuracy", result, table)
 
 
-def run_grid(m, d, s: Settings) -> report.Report:
+def grid_reference(path: str, sizes: Sequence[int]) -> dict:
+    """A published heatmap to compare with: JSON `{"sizes": [X values], "accuracy": [[mean
+    accuracy for X = sizes[i], Y = sizes[j]]], "source": "..."}` on the grid being run."""
+    try:
+        ref = json.loads(Path(path).read_text())
+        acc = np.asarray(ref["accuracy"], np.float64)
+        ref_sizes = [int(n) for n in ref["sizes"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"--grid_reference {path}: not a JSON file with 'sizes' and 'accuracy' ({e})."
+        ) from None
+    if ref_sizes != list(sizes) or acc.shape != (len(sizes), len(sizes)):
+        raise ConfigError(
+            f"--grid_reference {path} covers X, Y = {ref_sizes} ({acc.shape[0]}x"
+            f"{acc.shape[-1]} values); run the grid on the same sizes with --grid_sizes."
+        )
+    return {"accuracy": acc, "source": str(ref.get("source", path))}
+
+
+def run_grid(m, d, s: Settings, reference: dict | None = None) -> report.Report:
+    """Mean test accuracy of grown [n_0, X, Y, n_L] over the grid (the abstract's Figure 2
+    protocol by default: X, Y = 10..100, 100 sampled nets per cell), trained and held-out
+    architectures marked; with `reference` (`grid_reference`), beside it and the difference."""
     config = m["config"]
     sizes = [int(n) for n in s.grid_sizes]
     keys = evaluate.init_keys(s.seed, s.grid_nets)
@@ -138,35 +164,43 @@ def run_grid(m, d, s: Settings) -> report.Report:
         acc[i, j] = evaluate.grow_final_accuracy(
             config, m["rule"], arch, keys, d["test_x"], d["test_y"], horizon(m, s)
         ).mean()
-    trained = [a for a in metanca_train.archs(config.train_archs) if len(a) == 4]
-    held_out = [a for a in metanca_train.archs(config.test_archs) if len(a) == 4]
-    fig, ax = report.figure(figsize=(7, 6))
-    im = ax.imshow(acc, origin="lower", vmin=0, vmax=1, cmap="viridis")
-    for i, j in itertools_product(len(sizes)):
-        ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
-    for archs_, style in ((trained, "r"), (held_out, "w")):
-        for a in archs_:
-            if a[1] in sizes and a[2] in sizes:
-                ax.add_patch(
-                    matplotlib.patches.Rectangle(
-                        (sizes.index(a[2]) - 0.5, sizes.index(a[1]) - 0.5),
-                        1,
-                        1,
-                        fill=False,
-                        ec=style,
-                        lw=2.5,
-                    )
-                )
-    ax.set_xticks(range(len(sizes)), sizes)
-    ax.set_yticks(range(len(sizes)), sizes)
-    ax.set_xlabel("Y (second hidden layer)")
-    ax.set_ylabel("X (first hidden layer)")
-    ax.set_title(
-        f"MetaNCA: mean test accuracy of grown [{n_in}, X, Y, {n_out}]\n"
-        f"({s.grid_nets} nets/cell, {horizon(m, s)} rule steps; red: trained, "
-        f"white: held out)"
+    marked = {
+        "r": [a for a in metanca_train.archs(config.train_archs) if len(a) == 4],
+        "w": [a for a in metanca_train.archs(config.test_archs) if len(a) == 4],
+    }
+    panels = [("ours", acc, "viridis", (0, 1))]
+    if reference is not None:
+        diff = acc - reference["accuracy"]
+        lim = max(float(np.abs(diff).max()), 1e-3)
+        panels += [
+            (reference["source"], reference["accuracy"], "viridis", (0, 1)),
+            ("ours - reference", diff, "RdBu", (-lim, lim)),
+        ]
+    fig, axes = report.figure(1, len(panels), figsize=(7 * len(panels), 6), squeeze=False)
+    for ax, (title, values, cmap, (lo, hi)) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(values, origin="lower", vmin=lo, vmax=hi, cmap=cmap)
+        for i, j in itertools_product(len(sizes)):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="k" if cmap == "RdBu" else "w")  # fmt: skip
+        for style, archs_ in marked.items():
+            for a in archs_:
+                if a[1] in sizes and a[2] in sizes:
+                    ax.add_patch(
+                        matplotlib.patches.Rectangle(
+                            (sizes.index(a[2]) - 0.5, sizes.index(a[1]) - 0.5),
+                            1, 1, fill=False, ec=style, lw=2.5,
+                        )
+                    )  # fmt: skip
+        ax.set_xticks(range(len(sizes)), sizes)
+        ax.set_yticks(range(len(sizes)), sizes)
+        ax.set_xlabel("Y (second hidden layer)")
+        ax.set_ylabel("X (first hidden layer)")
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(
+        f"MetaNCA: mean test accuracy of grown [{n_in}, X, Y, {n_out}] ({s.grid_nets} nets/cell, "
+        f"{horizon(m, s)} rule steps; red: trained, white: held out)"
     )
-    fig.colorbar(im, ax=ax)
     result = {
         "source": source(m),
         "sizes": sizes,
@@ -178,10 +212,24 @@ def run_grid(m, d, s: Settings) -> report.Report:
         "max": float(acc.max()),
         "seconds": time.perf_counter() - t0,
     }
+    compared = ""
+    if reference is not None:
+        ref = reference["accuracy"]
+        result["reference"] = {
+            "source": reference["source"],
+            "mean": float(ref.mean()),
+            "min": float(ref.min()),
+            "mean_difference": float((acc - ref).mean()),
+            "cells_below_reference": int((acc < ref).sum()),
+        }
+        compared = (
+            f"; {reference['source']}: mean {ref.mean():.3f}, min {ref.min():.3f}, mean "
+            f"difference {(acc - ref).mean():+.3f}"
+        )
     table = (
         f"Mean test accuracy of grown [{n_in}, X, Y, {n_out}] ({s.grid_nets} nets per "
         f"cell, {horizon(m, s)} rule steps): grid mean {acc.mean():.3f}, min {acc.min():.3f}, "
-        f"max {acc.max():.3f}\n\n| X \\ Y | "
+        f"max {acc.max():.3f}{compared}\n\n| X \\ Y | "
         + " | ".join(map(str, sizes))
         + " |\n|---|"
         + "---|" * len(sizes)

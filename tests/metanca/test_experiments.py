@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from nca import report
+from nca.config import ConfigError
 from nca.metanca import evaluate, experiments
 from tests.conftest import REPO_ROOT
 
@@ -55,6 +56,14 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     )
     for name in ("grid", "zero_out", "baseline"):
         report.write(out, experiments.RUNS[name](m, d, settings), log=lambda *_: None)
+    ref_file = tmp_path / "abstract.json"
+    ref_file.write_text(json.dumps({"sizes": [10], "accuracy": [[0.25]], "source": "abstract"}))
+    compared = experiments.run_grid(
+        m, d, settings, reference=experiments.grid_reference(str(ref_file), (10,))
+    ).data
+    assert compared["reference"]["mean_difference"] == pytest.approx(compared["mean"] - 0.25)
+    with pytest.raises(ConfigError, match="run the grid on the same sizes"):
+        experiments.grid_reference(str(ref_file), (10, 20))
     # The command: flags in, the same library functions and report files out.
     run("-m", "experiments.metanca", f"--workdir={workdir}", f"--out={out}", "--nets=2",
         "--experiment=accuracy")  # fmt: skip
