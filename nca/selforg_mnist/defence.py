@@ -43,15 +43,6 @@ class DefenceTrainState(loop.TrainState):
     pool_masks: jax.Array  # (pool_size, 28, 28, 1) bool: each member's adversarial cells
 
 
-def member_l2_losses(state: jax.Array, labels: jax.Array, keep: jax.Array | None = None):
-    """`(B,)`: each member's `losses.l2_loss` (their mean), over the cells of `keep`
-    (`(B, H, W, 1)` bool) if given."""
-    err = losses.cell_targets(state, labels) - model.class_channels(state)
-    if keep is not None:
-        err = err * keep
-    return jnp.sum(jnp.square(err), axis=(1, 2, 3)) / 2
-
-
 def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num_steps: int,
                    fire_rate: float, noise_std: float, impl: str = "table"):  # fmt: skip
     """One mixed rollout and both players' gradients: `(final state, (defender loss, its
@@ -66,10 +57,10 @@ def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num
     attacked = jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
 
     def defender_loss(x):
-        return jnp.mean(member_l2_losses(x, labels, ~mask))
+        return jnp.mean(losses.l2_losses(x, labels, ~mask))
 
     def adversary_loss(x):
-        per_member = member_l2_losses(x, jnp.full_like(labels, target))
+        per_member = losses.l2_losses(x, jnp.full_like(labels, target))
         return jnp.sum(per_member * attacked) / jnp.maximum(jnp.sum(attacked), 1.0)
 
     defender_loss, g_defender = jax.value_and_grad(defender_loss)(x)

@@ -18,10 +18,18 @@ def cell_targets(state: jax.Array, labels: jax.Array) -> jax.Array:
     return one_hot * model.alive_mask(state).astype(jnp.float32)
 
 
-def l2_loss(state: jax.Array, labels: jax.Array) -> jax.Array:
-    """Sum over cells and class channels of (target - class)^2 / 2, mean over the batch."""
+def l2_losses(state: jax.Array, labels: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+    """`(B,)`: per image, the sum over cells and class channels of (target - class)^2 / 2, over
+    the cells of `keep` (`(B, H, W, 1)` bool) if given."""
     err = cell_targets(state, labels) - model.class_channels(state)
-    return jnp.mean(jnp.sum(jnp.square(err), axis=(1, 2, 3)) / 2)
+    if keep is not None:
+        err = err * keep
+    return jnp.sum(jnp.square(err), axis=(1, 2, 3)) / 2
+
+
+def l2_loss(state: jax.Array, labels: jax.Array) -> jax.Array:
+    """The article's L2 loss: `l2_losses`, mean over the batch."""
+    return jnp.mean(l2_losses(state, labels))
 
 
 def ce_loss(state: jax.Array, labels: jax.Array) -> jax.Array:

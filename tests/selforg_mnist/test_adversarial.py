@@ -36,16 +36,18 @@ def test_mask_fraction_and_the_step_of_each_rule():
 
 
 def mixed_loss_and_grads(rollout):
+    """The adversary's loss, the final state, and the gradients for both rules and the start
+    state."""
     params, other, mask, state, labels = two_rules()
 
-    def loss(other):
+    def loss(params, other, state):
         final, _ = rollout(params, other, mask, state, KEY, 20, 0.5, 0.02)
         return losses.l2_loss(final, jnp.full_like(labels, 8)), final
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))(other)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, other, state)
 
 
-def test_table_path_computes_the_reference_with_gradients_for_the_adversary():
+def test_table_path_computes_the_reference_with_gradients_for_both_rules():
     reference = functools.partial(adversarial.mixed_rollout, impl="conv")
     (want_loss, want), want_grads = mixed_loss_and_grads(reference)
     for capacity in (fast.DEFAULT_CAPACITY_FRACTION, 0.01):  # 0.01: too small, dense fallback
