@@ -127,9 +127,9 @@ def net_spec(
     return tuple(specs)
 
 
-def mlp_spec(state: NetState) -> tuple[LayerSpec, ...]:
-    """The spec of an all-dense net, read from its weight shapes."""
-    return tuple(LayerSpec("dense", 1, w.shape[0] - 1, w.shape[1]) for w, _ in state)
+def mlp_spec(weights: Sequence[jax.Array]) -> tuple[LayerSpec, ...]:
+    """The spec of an all-dense net, read from its per-layer `(n_in + 1, n_out, ...)` arrays."""
+    return tuple(LayerSpec("dense", 1, w.shape[0] - 1, w.shape[1]) for w in weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def forward(
 
     x: `(B, n_0)`; returns `(B, n_L)`.
     """
-    spec = mlp_spec(state) if spec is None else spec
+    spec = mlp_spec([w for w, _ in state]) if spec is None else spec
     for i, ((w, _), s) in enumerate(zip(state, spec, strict=True)):
         if s.kind == "conv":
             x = x.reshape(x.shape[0], *s.in_grid, s.units)
@@ -320,11 +320,7 @@ def neighbourhood_means(
     MLP) says how rows group into taps and units. Returns two lists of arrays shaped like
     `values`.
     """
-    spec = (
-        [LayerSpec("dense", 1, v.shape[0] - 1, v.shape[1]) for v in values]
-        if spec is None
-        else spec
-    )
+    spec = mlp_spec(values) if spec is None else spec
     depth = len(values)
     col_sums = [v.sum(0) for v in values]  # (n_{l+1}, F)
     row_sums = [v.sum(1) for v in values]  # (rows, F)
@@ -416,7 +412,7 @@ def rule_update(
     `(dw (rows, n_{l+1}), dh (rows, n_{l+1}, H))`, dw already divided by `sqrt(fan-in)`.
     `spec`: the net's `net_spec` (None: an MLP); `layer_kind_input`: the rule also perceives
     1 for a conv weight, 0 for a dense one."""
-    spec = mlp_spec(state) if spec is None else spec
+    spec = mlp_spec([w for w, _ in state]) if spec is None else spec
     scales = fan_in_scales(state, fan_in_scaling)
     values = [
         jnp.concatenate([(w * s)[..., None], h], -1)
