@@ -382,15 +382,20 @@ def _bucket(state, sizes):
     return jnp.sum(num_alive > jnp.array(sizes))
 
 
-def _dense_final(rules, mask, state, key, num_steps, fire_rate, noise_std):
-    """The final state by `im2col` over every cell (the table's fallback): one rule, or two with
-    `mask` the cells of the second (`adversarial.mixed_step`)."""
-    step = step_im2col
-    if len(rules) == 2:
-        from nca.selforg_mnist import adversarial
+def _dense_step(rules, mask):
+    """The `im2col` step over every cell (the table's fallback): one rule, or two with `mask`
+    the cells of the second (`adversarial.mixed_step`)."""
+    if len(rules) == 1:
+        return step_im2col
+    from nca.selforg_mnist import adversarial
 
-        step = functools.partial(adversarial.mixed_step, other=rules[1], mask=mask,
-                                 perceive_fn=perceive_im2col)  # fmt: skip
+    return functools.partial(adversarial.mixed_step, other=rules[1], mask=mask,
+                             perceive_fn=perceive_im2col)  # fmt: skip
+
+
+def _dense_final(rules, mask, state, key, num_steps, fire_rate, noise_std):
+    """The final state of `_dense_step`'s rollout."""
+    step = _dense_step(rules, mask)
     return model.rollout(rules[0], state, key, num_steps, fire_rate, noise_std, step)[0]
 
 
@@ -532,11 +537,7 @@ def mixed_table_rollout(
         return run
 
     def dense_branch(p, o, s, k):
-        from nca.selforg_mnist import adversarial
-
-        step = functools.partial(adversarial.mixed_step, other=o, mask=mask,
-                                 perceive_fn=perceive_im2col)  # fmt: skip
-        return model.rollout(p, s, k, *args, step, observe)
+        return model.rollout(p, s, k, *args, _dense_step((p, o), mask), observe)
 
     branches = [table_branch(rows) for rows in sizes] + [dense_branch]
     return jax.lax.switch(_bucket(state, sizes), branches, params, other, state, key)
