@@ -3,6 +3,7 @@
     python -m experiments.evaluate --workdir=workdirs/l2_noise
     python -m experiments.evaluate --workdir=workdirs/ce --workdir=workdirs/l2 --out=eval_all
     python -m experiments.evaluate --workdir=DIR --variant=persist --num_digits=1000 --steps=100
+    python -m experiments.evaluate --workdir=DIR --variant=restart --variant=persist  # one pass
     python -m experiments.evaluate --model=distill_l2_noise --out=eval_distill   # shipped weights
     python -m experiments.evaluate --result=workdirs/ce/eval_restart.json \
         --result=workdirs/l2_noise/eval_restart.json --out=eval_all   # compare earlier results
@@ -10,7 +11,8 @@
 Writes into each workdir `eval_<variant>.json` (every curve and the summary), `eval_<variant>.png`
 and `eval_<variant>.md` (for a pretrained --model, into `<out>/<name>/`); with several models also
 a side-by-side plot and table in --out. `--result` adds an earlier `eval_<variant>.json` to that
-comparison without evaluating it again.
+comparison without evaluating it again. Several `--variant`s share the first `--steps` steps (one
+pass: 3/4 of the time of two runs, the same numbers).
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ _WORKDIRS = flags.DEFINE_multi_string("workdir", [], "Trained workdir(s) to eval
 _MODELS = flags.DEFINE_multi_string(
     "model", [], "Shipped pretrained model(s), e.g. distill_l2_noise."
 )
-_VARIANT = flags.DEFINE_enum(
+_VARIANT = flags.DEFINE_multi_enum(
     "variant",
-    "restart",
+    ["restart"],
     evaluate.VARIANTS,
-    "Second half: restart (the article's numbers) or persist (mutation).",
+    "Second half: restart (the article's numbers) or persist (mutation); repeat for several.",
 )
 _NUM_DIGITS = flags.DEFINE_integer("num_digits", 10_000, "Test digits to use (from the start).",
                                    lower_bound=1, upper_bound=cli.MNIST_TEST_DIGITS)  # fmt: skip
@@ -56,15 +58,16 @@ _RESULTS = flags.DEFINE_multi_string(
 )
 
 
-def load_result(path: str, variant: str, steps: int) -> dict:
-    """An `eval_<variant>.json` written by this command, checked against `variant` and `steps`."""
+def load_result(path: str, variants: list[str], steps: int) -> dict:
+    """An `eval_<variant>.json` written by this command, checked against `variants` and
+    `steps`."""
     try:
         result = json.loads(Path(path).read_text())
         label, saved = result["model"], (result["variant"], result["steps"])
         result["curves"] = {k: np.asarray(v) for k, v in result["curves"].items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise cli.InputError(f"--result={path} is not a readable eval_<variant>.json ({e}).") from e
-    if saved != (variant, steps):
+    if saved[0] not in variants or saved[1] != steps:
         raise cli.InputError(
             f"--result={path} ({label}) was evaluated with --variant={saved[0]} "
             f"--steps={saved[1]}; compare it with the same flags."
@@ -74,26 +77,36 @@ def load_result(path: str, variant: str, steps: int) -> dict:
 
 def main(argv):
     cli.reject_positional(argv)
-    variant, steps, quiet = _VARIANT.value, _STEPS.value, lambda *_: None
-    earlier = [load_result(path, variant, steps) for path in _RESULTS.value]
-    results = {}
+    variants, steps, quiet = tuple(dict.fromkeys(_VARIANT.value)), _STEPS.value, lambda *_: None
+    earlier = [load_result(path, variants, steps) for path in _RESULTS.value]
+    results = {v: {} for v in variants}
     if _WORKDIRS.value or _MODELS.value or not earlier:
         models = cli.load_models(_WORKDIRS.value, _MODELS.value)
         images, labels = data.load_mnist("test", _DATA.value)
         images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]
         for m in models:
-            result = evaluate.evaluation_report(
+            reports = evaluate.evaluation_reports(
                 m["config"], m["params"], images, labels, m["label"], m["info"], num_steps=steps,
-                variant=variant, batch_size=_BATCH.value, seed=_SEED.value, impl=_IMPL.value,
+                variants=variants, batch_size=_BATCH.value, seed=_SEED.value, impl=_IMPL.value,
                 exact_randomness=_EXACT.value,
             )  # fmt: skip
             folder = m["folder"] or Path(_OUT.value or "eval_pretrained") / m["info"]["pretrained"]
-            report.write(folder, result, log=quiet, dpi=110, tight=False, indent=None)
-            results[m["label"]] = result.data
-            if m["folder"] is not None:  # a workdir: next to its training curves
-                scalars = evaluate.summary_scalars(result.data["summary"], steps, variant)
-                tensorboard.write_summary(m["folder"], m["info"]["checkpoint_step"], scalars)
-    results.update({r["model"]: r for r in earlier})
+            for variant, result in reports.items():
+                report.write(folder, result, log=quiet, dpi=110, tight=False, indent=None)
+                results[variant][m["label"]] = result.data
+                if m["folder"] is not None:  # a workdir: next to its training curves
+                    scalars = evaluate.summary_scalars(result.data["summary"], steps, variant)
+                    tensorboard.write_summary(m["folder"], m["info"]["checkpoint_step"], scalars)
+    for r in earlier:
+        results[r["variant"]][r["model"]] = r
+    for variant, runs in results.items():
+        if runs:
+            compare(variant, runs, steps, quiet)
+
+
+def compare(variant: str, results: dict[str, dict], steps: int, quiet) -> None:
+    """Prints the table of `results` (one variant); with several (or --out) writes the
+    side-by-side table and plot `comparison_<variant>`."""
     table = evaluate.markdown_table({n: r["summary"] for n, r in results.items()}, steps)
     digits = sorted({r["num_digits"] for r in results.values()})
     print(f"{'/'.join(map(str, digits))} test digits, {steps} steps, variant {variant}:\n{table}")

@@ -61,3 +61,9 @@ requires_shared = pytest.mark.skipif(
     not (SHARED_MNIST.is_dir() and SHARED_MODEL.is_file()),
     reason="needs ../shared (real MNIST and the published Distill weights)",
 )
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first (stable otherwise): with one worker per core (`-n auto`, the
+    default), no long test is then left to run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -44,9 +44,34 @@ def step_metrics(previous: jax.Array, state: jax.Array, labels: jax.Array) -> di
     }
 
 
+def row_metrics(
+    previous: jax.Array, rows: jax.Array, image: jax.Array, labels: jax.Array
+) -> dict[str, jax.Array]:
+    """`step_metrics` on the `table` path's rows of alive cells (`fast.table_rollout`'s
+    `observe_rows`): previous, rows `(R, 20)` before and after the step (grey 0), image `(R,)`
+    the image of each row (`B`, out of range, on unused rows)."""
+    num_images = labels.shape[0]
+    in_use = image < num_images
+    votes = model.cell_labels(rows)
+    counted = in_use & jnp.any(model.class_channels(rows) >= 0, axis=-1)
+    one_hot = jax.nn.one_hot(votes, model.NUM_CLASSES) * counted[:, None]
+    per_label = jax.ops.segment_sum(one_hot, image, num_images + 1, indices_are_sorted=True)
+    num_counted = per_label.sum(-1)
+    agree = (per_label.max(-1) == num_counted) & (num_counted > 0)
+    correct = votes == labels.at[image].get(mode="fill", fill_value=-1)
+    in_use_f = in_use[:, None].astype(rows.dtype)
+    return {
+        "correct_cells": jnp.sum(correct & in_use),
+        "alive_cells": jnp.sum(in_use),
+        "agreeing_images": jnp.sum(agree[:num_images]),
+        "state_abs": jnp.sum(jnp.abs(rows[:, 1:]) * in_use_f),
+        "update_abs": jnp.sum(jnp.abs(rows[:, 1:] - previous[:, 1:]) * in_use_f),
+    }
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("num_steps", "fire_rate", "noise_std", "impl", "variant", "exact_randomness"),
+    static_argnames=("num_steps", "fire_rate", "noise_std", "impl", "variants", "exact_randomness"),
 )
 def run_batch(
     params: model.Params,
@@ -59,53 +84,71 @@ def run_batch(
     fire_rate: float = 0.5,
     noise_std: float = 0.0,
     impl: str = "auto",
-    variant: str = "restart",
+    variants: tuple[str, ...] = ("restart",),
     exact_randomness: bool = False,
-) -> dict[str, jax.Array]:
-    """One batch of the protocol: `num_steps` on `images` from zero state, then (unless variant
-    is "none") `num_steps` on `new_images`, mutated into ("persist") or from zero state
-    ("restart"). Per-step sums of `step_metrics`."""
+) -> dict[str, dict[str, jax.Array]]:
+    """One batch of the protocol, per variant: `num_steps` on `images` from zero state (run once,
+    shared by the variants), then (unless the variant is "none") `num_steps` on `new_images`,
+    mutated into ("persist") or from zero state ("restart"). Per-step sums of `step_metrics`."""
     rollout = fast.get_rollout(impl, exact_randomness=exact_randomness)
     k_first, k_second = jax.random.split(key)
 
     def run(state, labels, key):
         observe = functools.partial(step_metrics, labels=labels)
-        return rollout(params, state, key, num_steps, fire_rate, noise_std, observe)
+        on_table = {}  # the table path computes the same metrics on its rows, without the grid
+        if fast.resolve_impl(impl) == "table":
+            on_table["observe_rows"] = functools.partial(row_metrics, labels=labels)
+        return rollout(params, state, key, num_steps, fire_rate, noise_std, observe, **on_table)
 
     final, first = run(model.seed_state(images), labels, k_first)
-    if variant == "none":
-        return first
-    second_start = (
-        model.mutate(final, new_images) if variant == "persist" else model.seed_state(new_images)
-    )
-    _, second = run(second_start, new_labels, k_second)
-    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, second)
+    sums = {}
+    for variant in variants:
+        if variant == "none":
+            sums[variant] = first
+            continue
+        if variant == "persist":
+            start = model.mutate(final, new_images)
+        else:
+            start = model.seed_state(new_images)
+        _, second = run(start, new_labels, k_second)
+        sums[variant] = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, second)
+    return sums
 
 
-def evaluate(
+def evaluate(params: model.Params, images: np.ndarray, labels: np.ndarray, *,
+             variant: str = "restart", **kwargs) -> dict[str, np.ndarray]:  # fmt: skip
+    """The protocol over `images` (grey, `(N, 28, 28)`): curves of `CURVES`, `(2 * num_steps,)`
+    (`(num_steps,)` for variant "none"); step `t` (1-based) is index `t - 1`, the mutation
+    happens after index `num_steps - 1`. kwargs: `evaluate_variants`'."""
+    return evaluate_variants(params, images, labels, variants=(variant,), **kwargs)[variant]
+
+
+def evaluate_variants(
     params: model.Params,
     images: np.ndarray,
     labels: np.ndarray,
     *,
+    variants: tuple[str, ...] = ("restart", "persist"),
     num_steps: int = 200,
     fire_rate: float = 0.5,
     noise_std: float = 0.0,
-    variant: str = "restart",
     batch_size: int = 1000,
     seed: int = 0,
     impl: str = "auto",
     exact_randomness: bool = False,
     progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """The protocol over `images` (grey, `(N, 28, 28)`): curves of `CURVES`, `(2 * num_steps,)`
-    (`(num_steps,)` for variant "none"); step `t` (1-based) is index `t - 1`, the mutation
-    happens after index `num_steps - 1`."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown evaluation variant {variant!r}; choose one of {VARIANTS}.")
+) -> dict[str, dict[str, np.ndarray]]:
+    """`evaluate`'s curves for each of `variants`, in one pass: the first `num_steps` steps run
+    once for all of them (the same numbers as evaluating each variant on its own)."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"unknown evaluation variant(s) {unknown}; choose from {VARIANTS}.")
+    variants = tuple(dict.fromkeys(variants))
     rng = np.random.default_rng(seed)
     totals = None
     num_batches = -(-len(images) // batch_size)
-    for b in tqdm(range(num_batches), desc=f"evaluate ({variant})", disable=not progress):
+    desc = f"evaluate ({', '.join(variants)})"
+    for b in tqdm(range(num_batches), desc=desc, disable=not progress):
         idx = np.arange(b * batch_size, min((b + 1) * batch_size, len(images)))
         # every digit becomes another digit of its batch (a random cyclic shift)
         other = idx[(np.arange(len(idx)) + rng.integers(1, max(len(idx), 2))) % len(idx)]
@@ -120,26 +163,31 @@ def evaluate(
             fire_rate,
             noise_std,
             impl,
-            variant,
+            variants,
             exact_randomness,
         )
         sums = jax.device_get(sums)
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    return {variant: _curves(t, len(images)) for variant, t in totals.items()}
+
+
+def _curves(totals: dict[str, np.ndarray], num_images: int) -> dict[str, np.ndarray]:
     alive = np.maximum(totals["alive_cells"], 1).astype(np.float64)
     return {
         "accuracy": totals["correct_cells"] / alive,
-        "agreement": totals["agreeing_images"] / len(images),
+        "agreement": totals["agreeing_images"] / num_images,
         "state_magnitude": totals["state_abs"] / (alive * model.NUM_MUTABLE),
         "update_magnitude": totals["update_abs"] / (alive * model.NUM_MUTABLE),
     }
 
 
-def evaluate_model(config, params: model.Params, images, labels, **kwargs):
-    """`evaluate` with the fire rate and residual noise the model was trained with."""
-    return evaluate(
-        params, images, labels, fire_rate=config.model.fire_rate,
-        noise_std=config.model.noise_std, **kwargs,
-    )  # fmt: skip
+def evaluate_model(config, params: model.Params, images, labels, *, variants=None, **kwargs):
+    """`evaluate` (or with `variants`, `evaluate_variants`) with the fire rate and residual
+    noise the model was trained with."""
+    kwargs.update(fire_rate=config.model.fire_rate, noise_std=config.model.noise_std)
+    if variants is not None:
+        return evaluate_variants(params, images, labels, variants=variants, **kwargs)
+    return evaluate(params, images, labels, **kwargs)
 
 
 def summary(curves: dict[str, np.ndarray], num_steps: int) -> dict[str, float]:
@@ -178,24 +226,27 @@ def markdown_table(rows: dict[str, dict[str, float]], num_steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluation_report(
+def evaluation_reports(
     config, params: model.Params, images, labels, label: str, info: dict, *, num_steps: int,
-    variant: str = "restart", **kwargs,
+    variants: tuple[str, ...] = ("restart",), **kwargs,
 ):  # fmt: skip
-    """`evaluate_model` on one model, as the report `eval_<variant>`: every curve and the summary
-    (JSON), the table (Markdown) and the curves (figure). kwargs: `evaluate`'s options."""
+    """`evaluate_model` on one model, per variant the report `eval_<variant>`: every curve and
+    the summary (JSON), the table (Markdown) and the curves (figure); all variants in one pass.
+    Returns `{variant: Report}`. kwargs: `evaluate`'s options."""
     from nca import report
     from nca.selforg_mnist import plots
 
-    curves = evaluate_model(config, params, images, labels, num_steps=num_steps, variant=variant,
-                            **kwargs)  # fmt: skip
-    result = {"model": label, **info, "variant": variant, "num_digits": len(images),
-              "steps": num_steps, "summary": summary(curves, num_steps),
-              "curves": {k: v.tolist() for k, v in curves.items()}}  # fmt: skip
-    table = markdown_table({label: result["summary"]}, num_steps)
-    return report.Report(
-        f"eval_{variant}", result, table, plots.curves_figure({label: curves}, num_steps)
-    )
+    runs = evaluate_model(config, params, images, labels, num_steps=num_steps, variants=variants,
+                          **kwargs)  # fmt: skip
+    reports = {}
+    for variant, curves in runs.items():
+        result = {"model": label, **info, "variant": variant, "num_digits": len(images),
+                  "steps": num_steps, "summary": summary(curves, num_steps),
+                  "curves": {k: v.tolist() for k, v in curves.items()}}  # fmt: skip
+        table = markdown_table({label: result["summary"]}, num_steps)
+        figure = plots.curves_figure({label: curves}, num_steps)
+        reports[variant] = report.Report(f"eval_{variant}", result, table, figure)
+    return reports
 
 
 def training_length_report(

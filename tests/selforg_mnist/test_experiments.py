@@ -51,10 +51,15 @@ def test_evaluate_writes_curves_table_and_plot(smoke_workdir, mnist_dir, tmp_pat
             "--batch_size=8",
             f"--out={tmp_path / 'cmp'}",
             "--variant=persist",
+            "--variant=restart",  # both in one pass
         )
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    restart = json.loads((other / "eval_restart.json").read_text())
+    assert restart["variant"] == "restart"
+    assert (tmp_path / "cmp" / "comparison_restart.md").is_file()
     result = json.loads((smoke_workdir / "eval_persist.json").read_text())
+    assert result["curves"]["accuracy"][:6] == restart["curves"]["accuracy"][:6]  # shared half
     assert result["num_digits"] == 20 and result["checkpoint_step"] == 4
     for name in evaluate.CURVES:
         assert len(result["curves"][name]) == 12

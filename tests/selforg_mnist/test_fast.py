@@ -146,6 +146,50 @@ def test_alive_observes_the_same_per_step_values():
     np.testing.assert_allclose(change, want[1], rtol=1e-5)
 
 
+def test_table_observes_the_metrics_on_its_rows():
+    """`evaluate.row_metrics` on the table's rows equals `evaluate.step_metrics` on the grid."""
+    from nca.selforg_mnist import evaluate
+
+    params, state, labels = problem()
+    # Image 0 has no alive cell; image 1 votes 4 everywhere (agrees), image 2 votes 4 but one
+    # cell votes 5 (disagrees), image 3 votes 4 except one all-negative cell (not counted).
+    state = state.at[0, :, :, 0].set(0.0)
+    state = state.at[1:, :, :, -10:].set(-1.0).at[1:, :, :, -6].set(1.0)
+    alive = np.argwhere(np.asarray(state[..., 0]) > model.ALIVE_THRESHOLD)
+    (y2, x2), (y3, x3) = (alive[alive[:, 0] == i][0, 1:] for i in (2, 3))  # a cell of each
+    state = state.at[2, y2, x2, -5].set(2.0).at[3, y3, x3, -10:].set(-1.0)
+    observe = functools.partial(evaluate.step_metrics, labels=labels)
+    rows = functools.partial(evaluate.row_metrics, labels=labels)
+
+    @jax.jit
+    def both(fire_rate):
+        run = functools.partial(fast.table_rollout, params, state, KEY, 8, fire_rate, 0.02,
+                                observe, num_buckets=1)  # fmt: skip
+        return run()[1], run(observe_rows=rows)[1]
+
+    for fire_rate in (0.0, 0.5):  # the hand-built states, then their dynamics
+        want, got = both(fire_rate)
+        if fire_rate == 0.0:
+            assert int(want["agreeing_images"][0]) == 2  # images 1 and 3
+            assert int(want["correct_cells"][0]) == np.sum(alive[:, 0] == 1)  # labels 1, 4, 7, 9
+        for name in ("correct_cells", "alive_cells", "agreeing_images"):
+            np.testing.assert_array_equal(got[name], want[name])
+        for name in ("state_abs", "update_abs"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
+
+
+def test_chunked_updates_are_the_unchunked_ones():
+    params, state, _ = problem()
+    geo = fast._geometry(state, 512)
+    const = fast._constant_patches(state, geo)
+    table = fast._to_table(state, geo) + 0.1 * jax.random.normal(KEY, (512, 20))
+    kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
+    want, _ = fast._mlp_forward(params, kernel, table, const, geo["neighbours"])
+    got = fast._chunked_updates(params, kernel, table, const, geo["neighbours"], chunk=96)
+    assert got.shape == want.shape and float(jnp.abs(want).max()) > 0
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_auto_and_unknown_impl():
     assert fast.resolve_impl("auto") == ("table" if jax.default_backend() == "cpu" else "conv")
     with pytest.raises(ValueError, match="choose one of"):

@@ -86,3 +86,28 @@ def test_evaluation_metrics_on_hand_built_digits():
     # |state| over alive cells and 19 channels: 3*1 + 4*1 + (1 + 10)
     assert sums["state_abs"] == pytest.approx(18.0)
     assert sums["update_abs"] == pytest.approx(18.0)
+
+
+def test_variants_in_one_pass_are_the_variants_run_alone():
+    import jax
+
+    from nca.selforg_mnist import evaluate
+    from tests.selforg_mnist.test_model import random_digits, random_params
+
+    params = random_params(jax.random.PRNGKey(0), scale=0.3)
+    grey = np.asarray(random_digits(jax.random.PRNGKey(1), batch=6))
+    labels = np.arange(6) % 10
+    kwargs = dict(num_steps=4, batch_size=3, noise_std=0.02, impl="im2col", progress=False)
+    both = evaluate.evaluate_variants(params, grey, labels, variants=("restart", "persist"),
+                                      **kwargs)  # fmt: skip
+    for variant in ("restart", "persist"):
+        alone = evaluate.evaluate(params, grey, labels, variant=variant, **kwargs)
+        for name in evaluate.CURVES:
+            assert both[variant][name].shape == (8,)
+            np.testing.assert_array_equal(both[variant][name], alone[name])
+    # the second halves differ (a restart forgets the evolved state), the first is shared
+    assert not np.array_equal(both["restart"]["state_magnitude"][4:],
+                              both["persist"]["state_magnitude"][4:])  # fmt: skip
+    np.testing.assert_array_equal(both["restart"]["accuracy"][:4], both["persist"]["accuracy"][:4])
+    with pytest.raises(ValueError, match="unknown evaluation variant"):
+        evaluate.evaluate_variants(params, grey, labels, variants=("both",), **kwargs)
