@@ -19,11 +19,10 @@ against it, values and gradients, for the same params, masks and noise. Implemen
   backward pass is written by hand (`jax.custom_vjp` over the whole rollout): it keeps each
   step's table and fire mask, recomputes the activations, and transposes the neighbour gather as
   a gather through an inverse neighbour table; no `cond` sits inside differentiated code.
-- Inference on `table` (no gradient) computes the updates in chunks of `INFERENCE_CHUNK` rows,
-  and with `observe_rows` observes on the table instead of rebuilding the grid every step (the
-  evaluation's metrics, `evaluate.row_metrics`): a step of 1000 test digits takes 165 ms
-  instead of 265 ms on one core, and the article's protocol 11 min instead of 18 (the floor,
-  the matrix products alone at the matmul rate, is ~2 min on both cores).
+- Inference on `table` (no gradient) with `observe_rows` observes on the table instead of
+  rebuilding the grid every step (the evaluation's metrics, `evaluate.row_metrics`), and on one
+  core computes the updates in cache-sized chunks (`inference_chunk`): a step of 1000 test
+  digits takes 165 ms instead of 265 ms on one core, 82 instead of 130 on two.
 - `mixed_table_rollout`: two rules on one grid (the adversarial article's attack) on `table`,
   with the same hand-written backward pass for both rules: 2.3-2.5x faster to train than
   plain autodiff through the table-size `switch` (adversary 0.70 -> 1.6-1.7 it/s, defence game
@@ -53,6 +52,7 @@ grid costs more than the alive cells' MLP on a CPU.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import jax
@@ -165,7 +165,7 @@ OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))  # the kerne
 DEFAULT_BUCKETS = 6  # table sizes: the capacity x 0.9**i, i < DEFAULT_BUCKETS
 BUCKET_RATIO = 0.9
 ROW_ALIGN = 64
-INFERENCE_CHUNK = 1024  # rows per matrix product in inference (`_chunked_updates`)
+INFERENCE_CHUNK = 1024  # rows per matrix product in inference on one core (`inference_chunk`)
 
 
 def table_sizes(num_cells: int, capacity_fraction: float, num_buckets: int) -> tuple[int, ...]:
@@ -281,6 +281,15 @@ def _chunked_updates(params, kernel, table, const, neighbours, chunk):
     return ds.reshape(-1, ds.shape[-1])[:rows]
 
 
+def inference_chunk(rows: int) -> int:
+    """Rows per matrix product in inference (`_chunked_updates`): `INFERENCE_CHUNK` when this
+    process has one core, else all rows. Measured per step of 1000 test digits (139k rows): on
+    one core 165 ms in chunks of 1024 against 191 ms unchunked (cache); on two, 82 ms unchunked
+    against 113 ms in chunks (XLA splits one large product over the cores, not a small one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return INFERENCE_CHUNK if cores == 1 else rows
+
+
 def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, exact_randomness,
                    observe=None, keep=0, second_rule=None, observe_rows=None):  # fmt: skip
     """`num_steps` steps with a table of `rows` rows. Returns the final state, the stacked
@@ -291,11 +300,11 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     observe_rows: observe on the table instead of the grid, `observe_rows(previous, table,
     image)`: the tables `(rows, C)` (grey 0) before and after the step, and the image of each
     row `(rows,)` (B on unused rows); no grid is rebuilt inside the rollout. Without `keep`
-    (inference) the updates are computed in cache-sized chunks (`_chunked_updates`)."""
+    (inference) the updates are computed in chunks (`inference_chunk`)."""
     geo = _geometry(state, rows)
     const = _constant_patches(state, geo)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
-    chunk = rows if keep else INFERENCE_CHUNK
+    chunk = rows if keep else inference_chunk(rows)
     if second_rule is not None:
         other, mask = second_rule
         other_kernel = other["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
