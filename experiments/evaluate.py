@@ -58,7 +58,7 @@ _RESULTS = flags.DEFINE_multi_string(
 )
 
 
-def load_result(path: str, variants: list[str], steps: int) -> dict:
+def load_result(path: str, variants: tuple[str, ...], steps: int) -> dict:
     """An `eval_<variant>.json` written by this command, checked against `variants` and
     `steps`."""
     try:

@@ -263,22 +263,29 @@ def _mlp_forward(params, kernel, table, const, neighbours):
     return ds, (patches, pre, perception, hidden_pre, hidden)
 
 
-def _chunked_updates(params, kernel, table, const, neighbours, chunk):
-    """`_mlp_forward`'s updates `(rows, 19)`, computed `chunk` rows at a time, row for row the
-    same products. One chunk's patches and activations stay in the CPU's cache; a whole table
-    of 1000 digits (139k rows, 100 MB of patches) streams through memory, and its products run
-    at about half the rate of a cache-sized one (57 vs 101 GFLOP/s for the 180 -> 80 layer on
-    one core)."""
+def _row_chunks(const, neighbours, chunk):
+    """`(neighbours, const)` of a rollout split into chunks of `chunk` rows, once per rollout
+    (`_chunked_updates`); padding rows read only zeros (neighbour index `rows` is out of range)
+    and are dropped. None if one chunk holds every row."""
     rows = neighbours.shape[0]
     if rows <= chunk:
-        return _mlp_forward(params, kernel, table, const, neighbours)[0]
+        return None
     pad = -rows % chunk
-    # Padding rows read only zeros (neighbour index `rows` is out of range) and are dropped.
     neighbours = jnp.pad(neighbours, ((0, pad), (0, 0)), constant_values=rows)
     const = jnp.pad(const, ((0, pad), (0, 0), (0, 0)))
-    chunks = (neighbours.reshape(-1, chunk, 9), const.reshape(-1, chunk, *const.shape[1:]))
+    return neighbours.reshape(-1, chunk, 9), const.reshape(-1, chunk, *const.shape[1:])
+
+
+def _chunked_updates(params, kernel, table, const, neighbours, chunks):
+    """`_mlp_forward`'s updates `(rows, 19)`, computed one of `_row_chunks`' chunks at a time
+    (all at once if `chunks` is None), row for row the same products. One chunk's patches and
+    activations stay in the CPU's cache; a whole table of 1000 digits (139k rows, 100 MB of
+    patches) streams through memory, and its products run at about half the rate of a
+    cache-sized one (57 vs 101 GFLOP/s for the 180 -> 80 layer on one core)."""
+    if chunks is None:
+        return _mlp_forward(params, kernel, table, const, neighbours)[0]
     ds = jax.lax.map(lambda x: _mlp_forward(params, kernel, table, x[1], x[0])[0], chunks)
-    return ds.reshape(-1, ds.shape[-1])[:rows]
+    return ds.reshape(-1, ds.shape[-1])[: neighbours.shape[0]]
 
 
 def inference_chunk(rows: int) -> int:
@@ -304,7 +311,7 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     geo = _geometry(state, rows)
     const = _constant_patches(state, geo)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
-    chunk = rows if keep else inference_chunk(rows)
+    chunks = None if keep else _row_chunks(const, geo["neighbours"], inference_chunk(rows))
     if second_rule is not None:
         other, mask = second_rule
         other_kernel = other["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
@@ -316,9 +323,10 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
         fire, noise = _step_randomness(
             jax.random.fold_in(key, t), state, geo, fire_rate, noise_std, exact_randomness
         )
-        ds = _chunked_updates(params, kernel, table, const, geo["neighbours"], chunk)
+        neighbours = geo["neighbours"]
+        ds = _chunked_updates(params, kernel, table, const, neighbours, chunks)
         if second_rule is not None:
-            other_ds = _chunked_updates(other, other_kernel, table, const, geo["neighbours"], chunk)
+            other_ds = _chunked_updates(other, other_kernel, table, const, neighbours, chunks)
             ds = jnp.where(other_rows[:, None], other_ds, ds)
         update = jnp.where(fire[:, None], ds + noise, 0.0)
         new = table + jnp.pad(update, ((0, 0), (1, 0)))

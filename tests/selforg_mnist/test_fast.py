@@ -185,7 +185,9 @@ def test_chunked_updates_are_the_unchunked_ones():
     table = fast._to_table(state, geo) + 0.1 * jax.random.normal(KEY, (512, 20))
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
     want, _ = fast._mlp_forward(params, kernel, table, const, geo["neighbours"])
-    got = fast._chunked_updates(params, kernel, table, const, geo["neighbours"], chunk=96)
+    chunks = fast._row_chunks(const, geo["neighbours"], 96)
+    assert chunks[0].shape == (6, 96, 9)  # 512 rows padded to 576
+    got = fast._chunked_updates(params, kernel, table, const, geo["neighbours"], chunks)
     assert got.shape == want.shape and float(jnp.abs(want).max()) > 0
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
