@@ -69,15 +69,18 @@ def mixed_rollout(
     noise_std: float = 0.0,
     observe=None,
     impl: str = "auto",
+    observe_rows=None,
 ):
     """`num_steps` of `mixed_step`: returns the final state and the stacked observations, as
     `model.rollout`. impl: `conv` (the reference), `table` (fast, the same function), or `auto`
-    (`table` on CPU, `conv` elsewhere); `table` draws its own masks and noise."""
+    (`table` on CPU, `conv` elsewhere); `table` draws its own masks and noise, and observes on
+    its rows with `observe_rows` if given (`fast.table_rollout`; ignored on `conv`)."""
     impl = fast.resolve_impl(impl)
     if impl == "table":
         return fast.mixed_table_rollout(
-            params, other, mask, state, key, num_steps, fire_rate, noise_std, observe
-        )
+            params, other, mask, state, key, num_steps, fire_rate, noise_std, observe,
+            observe_rows=observe_rows,
+        )  # fmt: skip
     if impl != "conv":
         raise ValueError(f"mixed rollouts run on `conv` or `table`, not {impl!r}.")
 
@@ -114,22 +117,49 @@ def attack_metrics(state: jax.Array, labels: jax.Array, mask: jax.Array, target:
     }
 
 
+def attack_row_metrics(previous, rows, image, cell, labels, mask, target: int):
+    """`attack_metrics` on the `table` path's rows of alive cells (`fast.table_rollout`'s
+    `observe_rows`; as `evaluate.row_metrics`): the same sums, without rebuilding the grid."""
+    del previous
+    num_images = labels.shape[0]
+    label = labels.at[image].get(mode="fill", fill_value=target)  # unused rows: not attacked
+    adversarial = mask.reshape(-1).at[cell].get(mode="fill", fill_value=True)
+    cells = (label != target) & ~adversarial
+    votes = model.cell_labels(rows)
+    counted = cells & jnp.any(model.class_channels(rows) >= 0, axis=-1)
+    per_image = functools.partial(
+        jax.ops.segment_sum, segment_ids=image, num_segments=num_images + 1, indices_are_sorted=True
+    )
+    num_counted = per_image(counted.astype(jnp.int32))[:num_images]
+    on_target = per_image((counted & (votes == target)).astype(jnp.int32))[:num_images]
+    return {
+        "target_cells": jnp.sum(cells & (votes == target)),
+        "correct_cells": jnp.sum(cells & (votes == label)),
+        "cells": jnp.sum(cells),
+        "target_agreeing": jnp.sum((on_target == num_counted) & (num_counted > 0)),
+        "digits": jnp.sum(labels != target),
+    }
+
+
 def scheduled_rollout(params, other, mask, state, key, *, place_at: int, remove_at: int,
                       num_steps: int, fire_rate=0.5, noise_std=0.0, observe=None,
-                      impl="auto"):  # fmt: skip
+                      impl="auto", observe_rows=None):  # fmt: skip
     """`num_steps` steps: the original rule alone before `place_at`, both rules from `place_at`
     until `remove_at`, the original alone after (the removed cells keep their states and follow
-    the original). Returns the final state and the observations of every step, stacked."""
+    the original). Returns the final state and the observations of every step, stacked.
+    observe_rows: `observe` on the `table` path's rows (`fast.table_rollout`), if impl is it."""
     bounds = sorted({0, min(place_at, num_steps), min(remove_at, num_steps), num_steps})
+    on_table = {}
+    if observe_rows is not None and fast.resolve_impl(impl) == "table":
+        on_table["observe_rows"] = observe_rows
     observed = []
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         k = jax.random.fold_in(key, i)
+        args = (end - start, fire_rate, noise_std, observe)
         if place_at <= start < remove_at:
-            state, obs = mixed_rollout(params, other, mask, state, k, end - start, fire_rate,
-                                       noise_std, observe, impl)  # fmt: skip
+            state, obs = mixed_rollout(params, other, mask, state, k, *args, impl, **on_table)
         else:
-            rollout = fast.get_rollout(impl)
-            state, obs = rollout(params, state, k, end - start, fire_rate, noise_std, observe)
+            state, obs = fast.get_rollout(impl)(params, state, k, *args, **on_table)
         observed.append(obs)
     if observe is None:
         return state, None
@@ -146,10 +176,11 @@ def attack_batch(params, other, images, labels, key, fraction, *, num_steps, aft
     k_mask, k_run = jax.random.split(key)
     mask = adversary_mask(k_mask, images.shape, fraction)
     observe = lambda previous, state: attack_metrics(state, labels, mask, target)  # noqa: E731
+    rows = functools.partial(attack_row_metrics, labels=labels, mask=mask, target=target)
     _, sums = scheduled_rollout(
         params, other, mask, model.seed_state(images), k_run, place_at=0, remove_at=num_steps,
         num_steps=num_steps + after, fire_rate=fire_rate, noise_std=noise_std, observe=observe,
-        impl=impl,
+        impl=impl, observe_rows=rows,
     )  # fmt: skip
     return sums
 

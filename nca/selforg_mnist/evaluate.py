@@ -45,11 +45,12 @@ def step_metrics(previous: jax.Array, state: jax.Array, labels: jax.Array) -> di
 
 
 def row_metrics(
-    previous: jax.Array, rows: jax.Array, image: jax.Array, labels: jax.Array
+    previous: jax.Array, rows: jax.Array, image: jax.Array, cell: jax.Array, labels: jax.Array
 ) -> dict[str, jax.Array]:
     """`step_metrics` on the `table` path's rows of alive cells (`fast.table_rollout`'s
     `observe_rows`): previous, rows `(R, 20)` before and after the step (grey 0), image `(R,)`
-    the image of each row (`B`, out of range, on unused rows)."""
+    the image of each row (`B`, out of range, on unused rows); `cell` is not needed here."""
+    del cell
     num_images = labels.shape[0]
     in_use = image < num_images
     votes = model.cell_labels(rows)

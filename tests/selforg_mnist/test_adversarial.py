@@ -64,13 +64,20 @@ def test_table_path_computes_the_reference_with_gradients_for_both_rules():
     assert not np.allclose(alone, want, atol=1e-3)
 
 
-def test_attack_metrics_count_the_originals_cells_of_attacked_digits():
+def attacked_states():
+    """Hand-built class channels: digit 0 votes 8 everywhere, digit 1 its label, digit 2 is an
+    8 (not attacked, not counted), digit 3 votes at random."""
     params, other, mask, state, _ = two_rules()
-    labels = jnp.array([1, 4, 8, 9])  # digit 2 is an 8: not attacked, not counted
+    labels = jnp.array([1, 4, 8, 9])
     classes = jax.random.normal(jax.random.PRNGKey(9), (*state.shape[:3], 10))
-    classes = classes.at[0].set(jax.nn.one_hot(8, 10) - 0.5)  # digit 0: all vote 8
-    classes = classes.at[1].set(jax.nn.one_hot(4, 10) - 0.5)  # digit 1: all vote its label
+    classes = classes.at[0].set(jax.nn.one_hot(8, 10) - 0.5)
+    classes = classes.at[1].set(jax.nn.one_hot(4, 10) - 0.5)
     state = state.at[..., -10:].set(classes * model.alive_mask(state))
+    return params, other, mask, state, labels, classes
+
+
+def test_attack_metrics_count_the_originals_cells_of_attacked_digits():
+    _, _, mask, state, labels, classes = attacked_states()
     got = jax.device_get(adversarial.attack_metrics(state, labels, mask, target=8))
 
     alive = np.asarray(model.alive_mask(state)[..., 0] & ~mask[..., 0])
@@ -80,6 +87,29 @@ def test_attack_metrics_count_the_originals_cells_of_attacked_digits():
     assert got["target_cells"] == (counted & (votes == 8)).sum()
     assert got["correct_cells"] == (counted & (votes == np.asarray(labels)[:, None, None])).sum()
     assert got["target_agreeing"] == 1  # digit 0 only
+
+
+def test_attack_metrics_on_the_tables_rows_are_the_grids():
+    """`attack_row_metrics` (the table's rows) equals `attack_metrics` (the grid) at every
+    step, with both rules and after the adversaries' removal."""
+    params, other, mask, state, labels, _ = attacked_states()
+    observe = lambda previous, s: adversarial.attack_metrics(s, labels, mask, 8)  # noqa: E731
+    rows = functools.partial(adversarial.attack_row_metrics, labels=labels, mask=mask, target=8)
+
+    @jax.jit
+    def both(fire_rate):
+        run = functools.partial(adversarial.scheduled_rollout, params, other, mask, state, KEY,
+                                place_at=0, remove_at=3, num_steps=6, fire_rate=fire_rate,
+                                noise_std=0.02, observe=observe, impl="table")  # fmt: skip
+        return run()[1], run(observe_rows=rows)[1]
+
+    for fire_rate in (0.0, 0.5):  # the hand-built states, then their dynamics
+        want, got = jax.device_get(both(fire_rate))
+        if fire_rate == 0.0:  # nothing fires: the hand-built votes at every step
+            assert list(want["target_agreeing"]) == [1] * 6 and want["digits"][0] == 3
+        else:
+            assert len(set(want["target_cells"])) > 1  # the votes move
+        jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_scheduled_rollout_places_and_removes_the_adversaries():
