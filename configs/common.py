@@ -92,6 +92,7 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     c.model.impl = "auto"
     c.model.alive_capacity = 0.22  # `alive`: share of cells in the index table (else dense)
     c.model.exact_randomness = False  # `alive`: draw over the whole grid, as `conv` (slower)
+    c.model.table_buckets = 6  # `table`: table sizes compiled (fewer: faster compile, more padding)
 
     c.loss = loss  # "l2" or "ce"
     c.num_ca_steps = 20
@@ -119,5 +120,6 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     for option in schedules:
         c.num_train_steps, c.lr_boundaries = SCHEDULES[option]
     apply_smoke(c, options, batch_size=4, pool_size=16, num_ca_steps=8, num_train_steps=12,
-                lr_boundaries=(6, 9), data__max_train_images=2000)  # fmt: skip
+                lr_boundaries=(6, 9), data__max_train_images=2000,
+                model__table_buckets=2)  # fmt: skip
     return c

@@ -70,16 +70,18 @@ def mixed_rollout(
     observe=None,
     impl: str = "auto",
     observe_rows=None,
+    num_buckets: int = fast.DEFAULT_BUCKETS,
 ):
     """`num_steps` of `mixed_step`: returns the final state and the stacked observations, as
     `model.rollout`. impl: `conv` (the reference), `table` (fast, the same function), or `auto`
-    (`table` on CPU, `conv` elsewhere); `table` draws its own masks and noise, and observes on
-    its rows with `observe_rows` if given (`fast.table_rollout`; ignored on `conv`)."""
+    (`table` on CPU, `conv` elsewhere); `table` draws its own masks and noise, compiles
+    `num_buckets` table sizes, and observes on its rows with `observe_rows` if given
+    (`fast.table_rollout`; both ignored on `conv`)."""
     impl = fast.resolve_impl(impl)
     if impl == "table":
         return fast.mixed_table_rollout(
             params, other, mask, state, key, num_steps, fire_rate, noise_std, observe,
-            observe_rows=observe_rows,
+            num_buckets=num_buckets, observe_rows=observe_rows,
         )  # fmt: skip
     if impl != "conv":
         raise ValueError(f"mixed rollouts run on `conv` or `table`, not {impl!r}.")
@@ -316,7 +318,8 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
 
         def objective(adversary):
             x, _ = mixed_rollout(original, adversary, mask, x0, k_rollout, config.num_ca_steps,
-                                 m.fire_rate, m.noise_std, impl=impl)  # fmt: skip
+                                 m.fire_rate, m.noise_std, impl=impl,
+                                 num_buckets=train.table_buckets(config))  # fmt: skip
             return losses.l2_loss(x, targets), x
 
         new, x, metrics = loop.gradient_step(state, objective, optimizer, schedule)

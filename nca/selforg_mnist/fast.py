@@ -610,15 +610,22 @@ def get_rollout(
     impl: str = "auto",
     capacity_fraction: float = DEFAULT_CAPACITY_FRACTION,
     exact_randomness: bool = False,
+    num_buckets: int = DEFAULT_BUCKETS,
 ):
     """The rollout function of `impl`, with `model.rollout`'s signature:
-    `(params, state, key, num_steps, fire_rate, noise_std, observe=None) -> (final, observed)`."""
+    `(params, state, key, num_steps, fire_rate, noise_std, observe=None) -> (final, observed)`.
+    num_buckets: `table`'s number of table sizes."""
     impl = resolve_impl(impl)
-    if impl in ("alive", "table"):
+    if impl == "alive":
         return functools.partial(
-            alive_rollout if impl == "alive" else table_rollout,
+            alive_rollout, capacity_fraction=capacity_fraction, exact_randomness=exact_randomness
+        )
+    if impl == "table":
+        return functools.partial(
+            table_rollout,
             capacity_fraction=capacity_fraction,
             exact_randomness=exact_randomness,
+            num_buckets=num_buckets,
         )
     step_fn = {"conv": model.step, "im2col": step_im2col}[impl]
 

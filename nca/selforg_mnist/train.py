@@ -31,8 +31,9 @@ from nca.selforg_mnist import fast, losses, model, pretrained
 # Config fields besides the core's bookkeeping that may change on resume: where the data is, how
 # the CA is computed (the same function), and init_from (it only decides a fresh run's params).
 RESUMABLE_CHANGES = frozenset(
-    {"data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness", "init_from"}
-)
+    {"data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness",
+     "model.table_buckets", "init_from"}
+)  # fmt: skip
 
 
 def resumable(field: str, old, new, step: int) -> bool:
@@ -172,6 +173,7 @@ CONFIG_RANGES = {
     "model.fire_rate": config_lib.fraction(low_open=True),
     "model.noise_std": config_lib.at_least(0),
     "model.alive_capacity": config_lib.fraction(low_open=True),
+    "model.table_buckets": config_lib.at_least(1),
     "num_ca_steps": config_lib.at_least(1),
     "batch_size": config_lib.at_least(1),
     "pool_size": config_lib.at_least(1),
@@ -214,6 +216,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def table_buckets(config: ml_collections.ConfigDict) -> int:
+    """How many table sizes the `table` path compiles (`fast.table_sizes`); configs saved
+    before the field existed used `fast.DEFAULT_BUCKETS`."""
+    return config_lib.field_value(config, "model.table_buckets", fast.DEFAULT_BUCKETS)
+
+
 def uses_per_device_rollout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None):
     """Whether each device rolls out its own slice of the batch (`fast.per_device`): the sparse
     paths on several devices, where the batch divides over them and the masks need not be
@@ -239,7 +247,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
     loss_fn = losses.LOSSES[config.loss]
     m = config.model
     validate_config(config)
-    rollout = fast.get_rollout(m.impl, m.alive_capacity, m.exact_randomness)
+    rollout = fast.get_rollout(m.impl, m.alive_capacity, m.exact_randomness, table_buckets(config))
     if uses_per_device_rollout(config, mesh):
         rollout = fast.per_device(rollout, mesh)
 
