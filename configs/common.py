@@ -93,6 +93,7 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
     c.model.alive_capacity = 0.22  # `alive`: share of cells in the index table (else dense)
     c.model.exact_randomness = False  # `alive`: draw over the whole grid, as `conv` (slower)
     c.model.table_buckets = 6  # `table`: table sizes compiled (fewer: faster compile, more padding)
+    c.model.fire_compaction = True  # `table`: compute each step's fired cells only (False: all)
 
     c.loss = loss  # "l2" or "ce"
     c.num_ca_steps = 20

@@ -70,18 +70,19 @@ def mixed_rollout(
     observe=None,
     impl: str = "auto",
     observe_rows=None,
-    num_buckets: int = fast.DEFAULT_BUCKETS,
+    **table_options,
 ):
     """`num_steps` of `mixed_step`: returns the final state and the stacked observations, as
     `model.rollout`. impl: `conv` (the reference), `table` (fast, the same function), or `auto`
-    (`table` on CPU, `conv` elsewhere); `table` draws its own masks and noise, compiles
-    `num_buckets` table sizes, and observes on its rows with `observe_rows` if given
-    (`fast.table_rollout`; both ignored on `conv`)."""
+    (`table` on CPU, `conv` elsewhere); `table` draws its own masks and noise, and observes on
+    its rows with `observe_rows` if given. table_options: `fast.mixed_table_rollout`'s keyword
+    arguments (`num_buckets`, `fire_compaction`, ...; `train.table_options`). Both are ignored
+    on `conv`."""
     impl = fast.resolve_impl(impl)
     if impl == "table":
         return fast.mixed_table_rollout(
             params, other, mask, state, key, num_steps, fire_rate, noise_std, observe,
-            num_buckets=num_buckets, observe_rows=observe_rows,
+            observe_rows=observe_rows, **table_options,
         )  # fmt: skip
     if impl != "conv":
         raise ValueError(f"mixed rollouts run on `conv` or `table`, not {impl!r}.")
@@ -151,17 +152,15 @@ def scheduled_rollout(params, other, mask, state, key, *, place_at: int, remove_
     the original). Returns the final state and the observations of every step, stacked.
     observe_rows: `observe` on the `table` path's rows (`fast.table_rollout`), if impl is it."""
     bounds = sorted({0, min(place_at, num_steps), min(remove_at, num_steps), num_steps})
-    on_table = {}
-    if observe_rows is not None and fast.resolve_impl(impl) == "table":
-        on_table["observe_rows"] = observe_rows
     observed = []
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         k = jax.random.fold_in(key, i)
         args = (end - start, fire_rate, noise_std, observe)
+        on_rows = {"observe_rows": observe_rows}
         if place_at <= start < remove_at:
-            state, obs = mixed_rollout(params, other, mask, state, k, *args, impl, **on_table)
+            state, obs = mixed_rollout(params, other, mask, state, k, *args, impl, **on_rows)
         else:
-            state, obs = fast.get_rollout(impl)(params, state, k, *args, **on_table)
+            state, obs = fast.get_rollout(impl)(params, state, k, *args, **on_rows)
         observed.append(obs)
     if observe is None:
         return state, None
@@ -319,7 +318,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         def objective(adversary):
             x, _ = mixed_rollout(original, adversary, mask, x0, k_rollout, config.num_ca_steps,
                                  m.fire_rate, m.noise_std, impl=impl,
-                                 num_buckets=train.table_buckets(config))  # fmt: skip
+                                 **train.table_options(config))  # fmt: skip
             return losses.l2_loss(x, targets), x
 
         new, x, metrics = loop.gradient_step(state, objective, optimizer, schedule)

@@ -45,14 +45,14 @@ class DefenceTrainState(loop.TrainState):
 
 def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num_steps: int,
                    fire_rate: float, noise_std: float, impl: str = "table",
-                   num_buckets: int = fast.DEFAULT_BUCKETS):  # fmt: skip
+                   **table_options):  # fmt: skip
     """One mixed rollout and both players' gradients: `(final state, (defender loss, its
     gradient), (adversary loss, its gradient))`. The adversary's loss averages over the members
-    whose mask holds any cell (0 if none does)."""
+    whose mask holds any cell (0 if none does). table_options: as `adversarial.mixed_rollout`'s."""
 
     def rollout(p, a):
         return adversarial.mixed_rollout(p, a, mask, x0, key, num_steps, fire_rate, noise_std,
-                                         impl=impl, num_buckets=num_buckets)[0]  # fmt: skip
+                                         impl=impl, **table_options)[0]  # fmt: skip
 
     x, pullback = jax.vjp(rollout, params, adversary)
     attacked = jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
@@ -104,7 +104,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         x, (loss, grads), (attack_loss, attack_grads) = game_gradients(
             state.params, state.adversary, mask, x0, y, k_rollout, target=d.target,
             num_steps=config.num_ca_steps, fire_rate=m.fire_rate, noise_std=m.noise_std,
-            impl=impl, num_buckets=train.table_buckets(config),
+            impl=impl, **train.table_options(config),
         )  # fmt: skip
         updates, adversary_opt_state = optimizer.update(
             attack_grads, state.adversary_opt_state, state.adversary

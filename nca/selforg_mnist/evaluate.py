@@ -96,10 +96,10 @@ def run_batch(
 
     def run(state, labels, key):
         observe = functools.partial(step_metrics, labels=labels)
-        on_table = {}  # the table path computes the same metrics on its rows, without the grid
-        if fast.resolve_impl(impl) == "table":
-            on_table["observe_rows"] = functools.partial(row_metrics, labels=labels)
-        return rollout(params, state, key, num_steps, fire_rate, noise_std, observe, **on_table)
+        # the table path computes the same metrics on its rows, without the grid
+        rows = functools.partial(row_metrics, labels=labels)
+        args = (num_steps, fire_rate, noise_std, observe)
+        return rollout(params, state, key, *args, observe_rows=rows)
 
     final, first = run(model.seed_state(images), labels, k_first)
     sums = {}

@@ -54,6 +54,7 @@ grid costs more than the alive cells' MLP on a CPU.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 
@@ -168,6 +169,33 @@ DEFAULT_BUCKETS = 6  # table sizes: the capacity x 0.9**i, i < DEFAULT_BUCKETS
 BUCKET_RATIO = 0.9
 ROW_ALIGN = 64
 INFERENCE_CHUNK = 1024  # rows per matrix product in inference on one core (`inference_chunk`)
+FIRE_MARGIN = 4.0  # standard deviations of the fired count a step's compact table holds
+
+
+def fire_capacity(rows: int, fire_rate) -> int:
+    """Rows of a step's compact table of fired rows (`fire_compaction`): the mean of a
+    Binomial(rows, fire_rate) count plus `FIRE_MARGIN` standard deviations, rounded up to 64
+    rows; `rows` (no compaction) if that is not fewer, or if fire_rate is traced. A step with more
+    fired rows than that computes every row instead (the same result)."""
+    if not isinstance(fire_rate, (int, float)):
+        return rows
+    spread = FIRE_MARGIN * math.sqrt(rows * fire_rate * (1.0 - fire_rate))
+    capacity = -(-(int(rows * fire_rate + spread) + 1) // ROW_ALIGN) * ROW_ALIGN
+    return min(rows, capacity)
+
+
+def _fired(fire: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
+    """The fired rows of `fire` (`(rows,)`) in a compact table of `capacity` rows: `index`
+    `(capacity,)`, the table row of each (`rows`, out of range, where unused), and `position`
+    `(rows,)`, each row's place in it (`capacity`, out of range, if it did not fire)."""
+    index = jnp.nonzero(fire, size=capacity, fill_value=fire.shape[0])[0]
+    position = jnp.where(fire, jnp.cumsum(fire) - 1, capacity)
+    return index, position
+
+
+def _take(array: jax.Array, index: jax.Array, fill) -> jax.Array:
+    """`array[index]` along axis 0, `fill` for an out-of-range index."""
+    return array.at[index].get(mode="fill", fill_value=fill)
 
 
 def table_sizes(num_cells: int, capacity_fraction: float, num_buckets: int) -> tuple[int, ...]:
@@ -265,15 +293,15 @@ def _mlp_forward(params, kernel, table, const, neighbours):
     return ds, (patches, pre, perception, hidden_pre, hidden)
 
 
-def _row_chunks(const, neighbours, chunk):
-    """`(neighbours, const)` of a rollout split into chunks of `chunk` rows, once per rollout
-    (`_chunked_updates`); padding rows read only zeros (neighbour index `rows` is out of range)
-    and are dropped. None if one chunk holds every row."""
+def _row_chunks(const, neighbours, chunk, table_rows):
+    """`(neighbours, const)` split into chunks of `chunk` rows (`_chunked_updates`); padding
+    rows read only zeros (neighbour index `table_rows` is out of range) and are dropped. None if
+    one chunk holds every row."""
     rows = neighbours.shape[0]
     if rows <= chunk:
         return None
     pad = -rows % chunk
-    neighbours = jnp.pad(neighbours, ((0, pad), (0, 0)), constant_values=rows)
+    neighbours = jnp.pad(neighbours, ((0, pad), (0, 0)), constant_values=table_rows)
     const = jnp.pad(const, ((0, pad), (0, 0), (0, 0)))
     return neighbours.reshape(-1, chunk, 9), const.reshape(-1, chunk, *const.shape[1:])
 
@@ -290,6 +318,22 @@ def _chunked_updates(params, kernel, table, const, neighbours, chunks):
     return ds.reshape(-1, ds.shape[-1])[: neighbours.shape[0]]
 
 
+def _on_fired_rows(fire, capacity, on_rows, on_all, expand):
+    """One step's computation on its fired rows only: `on_rows(take)` on a compact table of
+    `capacity` rows that `take(array, fill)` gathers along axis 0, then `expand(result,
+    position)` puts it back in table order. `on_all()` (every row) instead if `capacity`
+    covers every row or this step fired more rows than it holds. An unfired row contributes
+    nothing to either pass, so both give the same result."""
+    if capacity >= fire.shape[0]:
+        return on_all()
+
+    def compact(_):
+        index, position = _fired(fire, capacity)
+        return expand(on_rows(lambda array, fill: _take(array, index, fill)), position)
+
+    return jax.lax.cond(jnp.sum(fire) <= capacity, compact, lambda _: on_all(), None)
+
+
 def inference_chunk(rows: int) -> int:
     """Rows per matrix product in inference (`_chunked_updates`): `INFERENCE_CHUNK` when this
     process has one core, else all rows. Measured per step of 1000 test digits (139k rows): on
@@ -300,7 +344,8 @@ def inference_chunk(rows: int) -> int:
 
 
 def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, exact_randomness,
-                   observe=None, keep=0, second_rule=None, observe_rows=None):  # fmt: skip
+                   observe=None, keep=0, second_rule=None, observe_rows=None,
+                   fire_compaction=True):  # fmt: skip
     """`num_steps` steps with a table of `rows` rows. Returns the final state, the stacked
     observations and, if `keep`, the table before each step `(num_steps, keep, C)` and the fire
     masks `(num_steps, keep)`, zero-padded to `keep` rows (the backward pass recomputes each
@@ -310,27 +355,49 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     image, cell)`: the tables `(rows, C)` (grey 0) before and after the step, the image of each
     row `(rows,)` and its cell's flat index in `(B*H*W)` (B and B*H*W on unused rows); no grid
     is rebuilt inside the rollout. Without `keep` (inference) the updates are computed in chunks
-    (`inference_chunk`)."""
+    (`inference_chunk`). fire_compaction: compute each step's updates on its fired rows only
+    (`fire_capacity`), the same numbers."""
     geo = _geometry(state, rows)
     const = _constant_patches(state, geo)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
-    chunks = None if keep else _row_chunks(const, geo["neighbours"], inference_chunk(rows))
+    capacity = fire_capacity(rows, fire_rate) if fire_compaction else rows
+    other_rows = jnp.zeros(rows, bool)
     if second_rule is not None:
         other, mask = second_rule
         other_kernel = other["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
         other_rows = mask.reshape(-1).at[geo["grid"]].get(mode="fill", fill_value=False)
     image = geo["grid"] // (state[0, ..., 0].size)
 
+    def updates(table, row_const, neighbours, others, chunks):
+        """The updates `(n, 19)` of `n` rows, given their constant patches, neighbours, and
+        whether the second rule updates them."""
+        ds = _chunked_updates(params, kernel, table, row_const, neighbours, chunks)
+        if second_rule is not None:
+            other_ds = _chunked_updates(other, other_kernel, table, row_const, neighbours, chunks)
+            ds = jnp.where(others[:, None], other_ds, ds)
+        return ds
+
+    def chunks_of(row_const, neighbours):  # inference only (`inference_chunk`)
+        n = neighbours.shape[0]
+        return None if keep else _row_chunks(row_const, neighbours, inference_chunk(n), rows)
+
+    def compact_updates(table, take):
+        row_const, neighbours = take(const, 0.0), take(geo["neighbours"], rows)
+        chunks = chunks_of(row_const, neighbours)
+        return updates(table, row_const, neighbours, take(other_rows, False), chunks)
+
+    all_chunks = chunks_of(const, geo["neighbours"])  # once per rollout
+
     def body(carry, t):
         table, grid = carry
         fire, noise = _step_randomness(
             jax.random.fold_in(key, t), state, geo, fire_rate, noise_std, exact_randomness
         )
-        neighbours = geo["neighbours"]
-        ds = _chunked_updates(params, kernel, table, const, neighbours, chunks)
-        if second_rule is not None:
-            other_ds = _chunked_updates(other, other_kernel, table, const, neighbours, chunks)
-            ds = jnp.where(other_rows[:, None], other_ds, ds)
+        ds = _on_fired_rows(
+            fire, capacity, functools.partial(compact_updates, table),
+            lambda: updates(table, const, geo["neighbours"], other_rows, all_chunks),
+            lambda ds, position: _take(ds, position, 0.0),
+        )  # fmt: skip
         update = jnp.where(fire[:, None], ds + noise, 0.0)
         new = table + jnp.pad(update, ((0, 0), (1, 0)))
         out = {}
@@ -352,10 +419,11 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     return final, out.get("observed"), out.get("table"), out.get("fire")
 
 
-def _table_backward(rules, mask, state, rows, tables, fires, g_final):
+def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
     """Cotangents of the rules and the state for `_table_forward`'s final state, one step at a
     time backwards, recomputing each step's activations from the stored table. rules: `(params,)`,
-    or `(params, other)` with `mask` the cells `other` updates (`second_rule`). Returns
+    or `(params, other)` with `mask` the cells `other` updates (`second_rule`). capacity: rows
+    of each step's compact table of fired rows (`fire_capacity`; `rows`: none). Returns
     `(per-rule cotangents, state cotangent)`."""
     geo = _geometry(state, rows)
     tables, fires = tables[:, :rows], fires[:, :rows]
@@ -364,33 +432,51 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final):
     _, to_grid_vjp = jax.vjp(lambda s, t: _to_grid(s, t, geo), state, tables[0])
     g_state, g_table = to_grid_vjp(g_final)
     kernels = [p["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS) for p in rules]
+    other_rows = jnp.zeros(rows, bool)
     if len(rules) == 2:
         other_rows = mask.reshape(-1).at[geo["grid"]].get(mode="fill", fill_value=False)
-        selects = [~other_rows, other_rows]  # the rows each rule's update was kept on
     zero_slot = jnp.zeros((1, c), state.dtype)
+
+    def grads(table, row_const, neighbours, others, g_fired):
+        """The patches' cotangent `(n, 180)` of `n` rows and each rule's weight gradients
+        from them, given their constant patches, neighbours, whether the second rule updates
+        them, and their updates' cotangent `(n, 19)`."""
+        g_perception, increments = None, []
+        for r, (p, kernel) in enumerate(zip(rules, kernels, strict=True)):
+            _, (patches, pre, perception, hidden_pre, hidden) = _mlp_forward(
+                p, kernel, table, row_const, neighbours
+            )
+            kept = others if r else ~others  # the rows this rule's update was kept on
+            g_ds = g_fired if len(rules) == 1 else jnp.where(kept[:, None], g_fired, 0.0)
+            g_hidden_pre = jnp.where(hidden_pre > 0, g_ds @ p["output"]["kernel"].T, 0.0)
+            g_pre = jnp.where(pre > 0, g_hidden_pre @ p["hidden"]["kernel"].T, 0.0)
+            g_rule = g_pre @ kernel.T
+            g_perception = g_rule if g_perception is None else g_perception + g_rule
+            increments.append({
+                "output": hidden.T @ g_ds,
+                "output_bias": g_ds.sum(0),
+                "hidden": perception.T @ g_hidden_pre,
+                "hidden_bias": g_hidden_pre.sum(0),
+                "perceive": patches.T @ g_pre,
+                "perceive_bias": g_pre.sum(0),
+            })  # fmt: skip
+        return g_perception, increments
 
     def body(carry, xs):
         g_table, acc, slots = carry
         table, fire = xs
         g_fired = jnp.where(fire[:, None], g_table[:, 1:], 0.0)
-        g_perception, new_acc = None, []
-        for r, (p, kernel, a) in enumerate(zip(rules, kernels, acc, strict=True)):
-            _, (patches, pre, perception, hidden_pre, hidden) = _mlp_forward(
-                p, kernel, table, const, geo["neighbours"]
-            )
-            g_ds = g_fired if len(rules) == 1 else jnp.where(selects[r][:, None], g_fired, 0.0)
-            g_hidden_pre = jnp.where(hidden_pre > 0, g_ds @ p["output"]["kernel"].T, 0.0)
-            g_pre = jnp.where(pre > 0, g_hidden_pre @ p["hidden"]["kernel"].T, 0.0)
-            g_rule = g_pre @ kernel.T
-            g_perception = g_rule if g_perception is None else g_perception + g_rule
-            new_acc.append({
-                "output": a["output"] + hidden.T @ g_ds,
-                "output_bias": a["output_bias"] + g_ds.sum(0),
-                "hidden": a["hidden"] + perception.T @ g_hidden_pre,
-                "hidden_bias": a["hidden_bias"] + g_hidden_pre.sum(0),
-                "perceive": a["perceive"] + patches.T @ g_pre,
-                "perceive_bias": a["perceive_bias"] + g_pre.sum(0),
-            })  # fmt: skip
+
+        def compact(take):
+            row_const, neighbours = take(const, 0.0), take(geo["neighbours"], rows)
+            return grads(table, row_const, neighbours, take(other_rows, False), take(g_fired, 0.0))
+
+        g_perception, increments = _on_fired_rows(
+            fire, capacity, compact,
+            lambda: grads(table, const, geo["neighbours"], other_rows, g_fired),
+            lambda out, position: (_take(out[0], position, 0.0), out[1]),
+        )  # fmt: skip
+        new_acc = jax.tree.map(jnp.add, acc, increments)
         g_patches = jnp.concatenate([g_perception.reshape(rows * 9, c), zero_slot])
         # The neighbour gather's transpose, as a gather: table row j collects slot (k, n) of
         # each table row k whose neighbour n it is.
@@ -456,9 +542,9 @@ def _second_rule(rules, mask):
     return (rules[1], mask) if len(rules) == 2 else None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
 def _table_final(rules, mask, state, key, num_steps, fire_rate, noise_std, sizes,
-                 exact_randomness):  # fmt: skip
+                 exact_randomness, fire_compaction):  # fmt: skip
     """The final state of a `table` rollout of `rules` (`(params,)`, or `(params, other)` with
     `mask` the cells of `other`), with a hand-written backward pass."""
     args = (num_steps, fire_rate, noise_std)
@@ -466,7 +552,8 @@ def _table_final(rules, mask, state, key, num_steps, fire_rate, noise_std, sizes
     def table_branch(rows):
         def run(r, s, k):
             return _table_forward(r[0], s, k, *args, rows, exact_randomness,
-                                  second_rule=_second_rule(r, mask))[0]  # fmt: skip
+                                  second_rule=_second_rule(r, mask),
+                                  fire_compaction=fire_compaction)[0]  # fmt: skip
 
         return run
 
@@ -476,7 +563,7 @@ def _table_final(rules, mask, state, key, num_steps, fire_rate, noise_std, sizes
 
 
 def _table_final_fwd(rules, mask, state, key, num_steps, fire_rate, noise_std, sizes,
-                     exact_randomness):  # fmt: skip
+                     exact_randomness, fire_compaction):  # fmt: skip
     args = (num_steps, fire_rate, noise_std)
     top = sizes[-1]
 
@@ -484,7 +571,7 @@ def _table_final_fwd(rules, mask, state, key, num_steps, fire_rate, noise_std, s
         def run(r, s, k):
             final, _, tables, fires = _table_forward(
                 r[0], s, k, *args, rows, exact_randomness, keep=top,
-                second_rule=_second_rule(r, mask),
+                second_rule=_second_rule(r, mask), fire_compaction=fire_compaction,
             )  # fmt: skip
             return final, tables, fires
 
@@ -501,11 +588,13 @@ def _table_final_fwd(rules, mask, state, key, num_steps, fire_rate, noise_std, s
     return final, (rules, mask, state, key, bucket, tables, fires)
 
 
-def _table_final_bwd(num_steps, fire_rate, noise_std, sizes, exact_randomness, res, g_final):
+def _table_final_bwd(num_steps, fire_rate, noise_std, sizes, exact_randomness, fire_compaction,
+                     res, g_final):  # fmt: skip
     rules, mask, state, key, bucket, tables, fires = res
 
     def table_branch(rows):
-        return lambda r, s, k, t, f, g: _table_backward(r, mask, s, rows, t, f, g)
+        capacity = fire_capacity(rows, fire_rate) if fire_compaction else rows
+        return lambda r, s, k, t, f, g: _table_backward(r, mask, s, rows, t, f, g, capacity)
 
     def dense_branch(r, s, k, t, f, g):
         run = lambda r, s: _dense_final(r, mask, s, k, num_steps, fire_rate, noise_std)  # noqa: E731
@@ -531,6 +620,7 @@ def table_rollout(
     exact_randomness: bool = False,
     num_buckets: int = DEFAULT_BUCKETS,
     observe_rows: Callable | None = None,
+    fire_compaction: bool = True,
 ):
     """`model.rollout`, on a compact table of the alive cells. Same arguments and results.
 
@@ -541,12 +631,13 @@ def table_rollout(
     `alive_rollout`; by default the same numbers as `alive` for the same key. observe_rows: the
     same observation as `observe`, computed on the table (`_table_forward`; the fast way to
     watch a large batch); `observe` still serves the dense fallback, so both are needed.
+    fire_compaction: each step computes its fired rows only, both passes (`fire_capacity`;
+    about half the rows at fire rate 0.5); False computes every row and masks the unfired.
     """
     sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
+    static = (sizes, exact_randomness, fire_compaction)
     if observe is None:
-        final = _table_final(
-            (params,), None, state, key, num_steps, fire_rate, noise_std, sizes, exact_randomness
-        )
+        final = _table_final((params,), None, state, key, num_steps, fire_rate, noise_std, *static)
         return final, None
     args = (num_steps, fire_rate, noise_std)
     branches = [
@@ -556,6 +647,7 @@ def table_rollout(
             exact_randomness=exact_randomness,
             observe=observe,
             observe_rows=observe_rows,
+            fire_compaction=fire_compaction,
         )
         for rows in sizes
     ]
@@ -578,23 +670,26 @@ def mixed_table_rollout(
     exact_randomness: bool = False,
     num_buckets: int = DEFAULT_BUCKETS,
     observe_rows: Callable | None = None,
+    fire_compaction: bool = True,
 ):
     """Two rules on one grid, on the table: the cells of `mask` (`(B, H, W, 1)` bool) update
     with `other`'s params, the rest with `params`; one fire mask and noise for all cells (as
     `table_rollout` draws them). The same function as `nca.selforg_mnist.adversarial.
     mixed_rollout`'s reference; gradients to both rules and the state through the hand-written
-    backward pass of `table_rollout`. observe_rows: as `table_rollout`'s."""
+    backward pass of `table_rollout`. observe_rows, fire_compaction: as `table_rollout`'s."""
     sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
     args = (num_steps, fire_rate, noise_std)
     if observe is None:
         rules = (params, other)
-        return _table_final(rules, mask, state, key, *args, sizes, exact_randomness), None
+        static = (sizes, exact_randomness, fire_compaction)
+        return _table_final(rules, mask, state, key, *args, *static), None
 
     def table_branch(rows):
         def run(p, o, s, k):
-            observers = {"observe": observe, "observe_rows": observe_rows}
+            options = {"observe": observe, "observe_rows": observe_rows,
+                       "fire_compaction": fire_compaction}  # fmt: skip
             return _table_forward(
-                p, s, k, *args, rows, exact_randomness, second_rule=(o, mask), **observers
+                p, s, k, *args, rows, exact_randomness, second_rule=(o, mask), **options
             )[:2]
 
         return run
@@ -611,26 +706,34 @@ def get_rollout(
     capacity_fraction: float = DEFAULT_CAPACITY_FRACTION,
     exact_randomness: bool = False,
     num_buckets: int = DEFAULT_BUCKETS,
+    fire_compaction: bool = True,
 ):
-    """The rollout function of `impl`, with `model.rollout`'s signature:
-    `(params, state, key, num_steps, fire_rate, noise_std, observe=None) -> (final, observed)`.
-    num_buckets: `table`'s number of table sizes."""
+    """The rollout function of `impl`, with `model.rollout`'s signature plus `observe_rows`:
+    `(params, state, key, num_steps, fire_rate, noise_std, observe=None, *, observe_rows=None)
+    -> (final, observed)`. observe_rows: `observe` on the rows of `table`
+    (`table_rollout`'s); every other path ignores it and calls `observe`, so callers pass
+    both whatever the path. num_buckets, fire_compaction: `table_rollout`'s."""
     impl = resolve_impl(impl)
-    if impl == "alive":
-        return functools.partial(
-            alive_rollout, capacity_fraction=capacity_fraction, exact_randomness=exact_randomness
-        )
     if impl == "table":
         return functools.partial(
             table_rollout,
             capacity_fraction=capacity_fraction,
             exact_randomness=exact_randomness,
             num_buckets=num_buckets,
+            fire_compaction=fire_compaction,
         )
-    step_fn = {"conv": model.step, "im2col": step_im2col}[impl]
+    if impl == "alive":
+        grid_rollout = functools.partial(
+            alive_rollout, capacity_fraction=capacity_fraction, exact_randomness=exact_randomness
+        )
+    else:
+        step_fn = {"conv": model.step, "im2col": step_im2col}[impl]
+        grid_rollout = functools.partial(model.rollout, step_fn=step_fn)
 
-    def rollout(params, state, key, num_steps, fire_rate=0.5, noise_std=0.0, observe=None):
-        return model.rollout(params, state, key, num_steps, fire_rate, noise_std, step_fn, observe)
+    def rollout(params, state, key, num_steps, fire_rate=0.5, noise_std=0.0, observe=None, *,
+                observe_rows=None):  # fmt: skip
+        del observe_rows  # the grid paths observe the grid
+        return grid_rollout(params, state, key, num_steps, fire_rate, noise_std, observe=observe)
 
     return rollout
 

@@ -32,7 +32,7 @@ from nca.selforg_mnist import fast, losses, model, pretrained
 # the CA is computed (the same function), and init_from (it only decides a fresh run's params).
 RESUMABLE_CHANGES = frozenset(
     {"data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness",
-     "model.table_buckets", "init_from"}
+     "model.table_buckets", "model.fire_compaction", "init_from"}
 )  # fmt: skip
 
 
@@ -216,10 +216,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def table_buckets(config: ml_collections.ConfigDict) -> int:
-    """How many table sizes the `table` path compiles (`fast.table_sizes`); configs saved
-    before the field existed used `fast.DEFAULT_BUCKETS`."""
-    return config_lib.field_value(config, "model.table_buckets", fast.DEFAULT_BUCKETS)
+def table_options(config: ml_collections.ConfigDict) -> dict:
+    """How the `table` path computes (the same function either way), as its keyword arguments:
+    `num_buckets`, the table sizes it compiles (`fast.table_sizes`), and `fire_compaction`;
+    configs saved before these fields existed used `fast.DEFAULT_BUCKETS` and no compaction."""
+    return {
+        "num_buckets": config_lib.field_value(config, "model.table_buckets", fast.DEFAULT_BUCKETS),
+        "fire_compaction": config_lib.field_value(config, "model.fire_compaction", False),
+    }
 
 
 def uses_per_device_rollout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None):
@@ -247,7 +251,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
     loss_fn = losses.LOSSES[config.loss]
     m = config.model
     validate_config(config)
-    rollout = fast.get_rollout(m.impl, m.alive_capacity, m.exact_randomness, table_buckets(config))
+    options = table_options(config)
+    rollout = fast.get_rollout(m.impl, m.alive_capacity, m.exact_randomness, **options)
     if uses_per_device_rollout(config, mesh):
         rollout = fast.per_device(rollout, mesh)
 

@@ -22,6 +22,10 @@ EXACT = {
     "table": fast.get_rollout("table", exact_randomness=True),
     # one table size only: the smallest bucket of the default ones is the only one compiled
     "table_one_size": functools.partial(fast.table_rollout, exact_randomness=True, num_buckets=1),
+    # every row computed each step, the unfired masked (the path before fire compaction)
+    "table_every_row": functools.partial(
+        fast.table_rollout, exact_randomness=True, fire_compaction=False
+    ),
 }
 
 
@@ -73,6 +77,28 @@ def test_falls_back_to_dense_when_the_table_is_too_small(impl):
     (_, ref_final), ref_grads = reference()
     rollout = fast.get_rollout(impl, capacity_fraction=0.01, exact_randomness=True)
     (_, final), grads = loss_and_grads(rollout)
+    np.testing.assert_allclose(final, ref_final, atol=1e-5, rtol=1e-5)
+    assert_grads_close(grads, ref_grads)
+
+
+def test_fire_capacity():
+    """About half the rows at fire rate 0.5 (the mean plus 4 standard deviations, rounded up to
+    64 rows); every row where that saves nothing or the rate is not known when tracing."""
+    assert fast.fire_capacity(2760, 0.5) == 1536  # 1380 + 4 x 26.3
+    assert fast.fire_capacity(139_000, 0.5) == 70_272  # 50.6 % of a table of 1000 digits
+    assert fast.fire_capacity(448, 1.0) == 448 and fast.fire_capacity(100, 0.5) == 100
+    assert fast.fire_capacity(2760, jnp.float32(0.5) + jnp.zeros(())) == 2760
+
+
+def test_steps_that_fire_more_rows_than_the_compact_table_holds(monkeypatch):
+    """A capacity below the mean fired count: most steps overflow and compute every row, the
+    others use the compact table; the states and gradients are still the reference's."""
+    monkeypatch.setattr(fast, "FIRE_MARGIN", -4.0)
+    params, state, _ = problem()
+    rows = fast.table_sizes(4 * 784, 0.22, fast.DEFAULT_BUCKETS)[0]
+    assert fast.fire_capacity(rows, 0.5) < 0.5 * int(jnp.sum(model.alive_mask(state)))
+    (_, ref_final), ref_grads = reference()
+    (_, final), grads = loss_and_grads(EXACT["table"])
     np.testing.assert_allclose(final, ref_final, atol=1e-5, rtol=1e-5)
     assert_grads_close(grads, ref_grads)
 
@@ -178,6 +204,21 @@ def test_table_observes_the_metrics_on_its_rows():
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["conv", "im2col", "alive"])
+def test_grid_paths_ignore_observe_rows(impl):
+    """Every `get_rollout` takes `observe_rows`, so callers need not ask which path they run;
+    the grid paths observe the grid with `observe` and never call it."""
+    params, state, _ = problem()
+    observe = lambda previous, state: jnp.sum(state[..., 0])  # noqa: E731
+    rows = lambda *args: {"rows": jnp.zeros(())}  # noqa: E731 (a different tree if ever called)
+    rollout = fast.get_rollout(impl)
+    want = rollout(params, state, KEY, 3, 0.5, 0.0, observe)
+    got = rollout(params, state, KEY, 3, 0.5, 0.0, observe, observe_rows=rows)
+    assert got[1].shape == (3,)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_chunked_updates_are_the_unchunked_ones():
     params, state, _ = problem()
     geo = fast._geometry(state, 512)
@@ -185,7 +226,7 @@ def test_chunked_updates_are_the_unchunked_ones():
     table = fast._to_table(state, geo) + 0.1 * jax.random.normal(KEY, (512, 20))
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
     want, _ = fast._mlp_forward(params, kernel, table, const, geo["neighbours"])
-    chunks = fast._row_chunks(const, geo["neighbours"], 96)
+    chunks = fast._row_chunks(const, geo["neighbours"], 96, 512)
     assert chunks[0].shape == (6, 96, 9)  # 512 rows padded to 576
     got = fast._chunked_updates(params, kernel, table, const, geo["neighbours"], chunks)
     assert got.shape == want.shape and float(jnp.abs(want).max()) > 0
