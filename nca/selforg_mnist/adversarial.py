@@ -152,11 +152,10 @@ def scheduled_rollout(params, other, mask, state, key, *, place_at: int, remove_
     the original). Returns the final state and the observations of every step, stacked.
     observe_rows: `observe` on the `table` path's rows (`fast.table_rollout`), if impl is it."""
     bounds = sorted({0, min(place_at, num_steps), min(remove_at, num_steps), num_steps})
-    observed = []
+    observed, on_rows = [], {"observe_rows": observe_rows}
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         k = jax.random.fold_in(key, i)
         args = (end - start, fire_rate, noise_std, observe)
-        on_rows = {"observe_rows": observe_rows}
         if place_at <= start < remove_at:
             state, obs = mixed_rollout(params, other, mask, state, k, *args, impl, **on_rows)
         else:

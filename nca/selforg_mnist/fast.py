@@ -178,12 +178,13 @@ INFERENCE_CHUNK = 1024  # rows per matrix product in inference on one core (`inf
 FIRE_MARGIN = 4.0  # standard deviations of the fired count a step's compact table holds
 
 
-def fire_capacity(rows: int, fire_rate) -> int:
+def fire_capacity(rows: int, fire_rate, fire_compaction: bool = True) -> int:
     """Rows of a step's compact table of fired rows (`fire_compaction`): the mean of a
     Binomial(rows, fire_rate) count plus `FIRE_MARGIN` standard deviations, rounded up to 64
-    rows; `rows` (no compaction) if that is not fewer, or if fire_rate is traced. A step with more
-    fired rows than that computes every row instead (the same result)."""
-    if not isinstance(fire_rate, (int, float)):
+    rows; `rows` (no compaction) if that is not fewer, if fire_rate is traced, or without
+    fire_compaction. A step with more fired rows than that computes every row instead (the
+    same result)."""
+    if not fire_compaction or not isinstance(fire_rate, (int, float)):
         return rows
     spread = FIRE_MARGIN * math.sqrt(rows * fire_rate * (1.0 - fire_rate))
     capacity = -(-(int(rows * fire_rate + spread) + 1) // ROW_ALIGN) * ROW_ALIGN
@@ -366,7 +367,7 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     geo = _geometry(state, rows)
     const = _constant_patches(state, geo)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
-    capacity = fire_capacity(rows, fire_rate) if fire_compaction else rows
+    capacity = fire_capacity(rows, fire_rate, fire_compaction)
     other_rows = jnp.zeros(rows, bool)
     if second_rule is not None:
         other, mask = second_rule
@@ -471,15 +472,18 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
     def body(carry, xs):
         g_table, acc, slots = carry
         table, fire = xs
-        g_fired = jnp.where(fire[:, None], g_table[:, 1:], 0.0)
 
-        def compact(take):
+        def compact(take):  # every row taken fired: its update's cotangent is the table's
             row_const, neighbours = take(const, 0.0), take(geo["neighbours"], rows)
-            return grads(table, row_const, neighbours, take(other_rows, False), take(g_fired, 0.0))
+            g_fired = take(g_table[:, 1:], 0.0)
+            return grads(table, row_const, neighbours, take(other_rows, False), g_fired)
+
+        def every_row():
+            g_fired = jnp.where(fire[:, None], g_table[:, 1:], 0.0)
+            return grads(table, const, geo["neighbours"], other_rows, g_fired)
 
         g_perception, increments = _on_fired_rows(
-            fire, capacity, compact,
-            lambda: grads(table, const, geo["neighbours"], other_rows, g_fired),
+            fire, capacity, compact, every_row,
             lambda out, position: (_take(out[0], position, 0.0), out[1]),
         )  # fmt: skip
         new_acc = jax.tree.map(jnp.add, acc, increments)
@@ -599,7 +603,7 @@ def _table_final_bwd(num_steps, fire_rate, noise_std, sizes, exact_randomness, f
     rules, mask, state, key, bucket, tables, fires = res
 
     def table_branch(rows):
-        capacity = fire_capacity(rows, fire_rate) if fire_compaction else rows
+        capacity = fire_capacity(rows, fire_rate, fire_compaction)
         return lambda r, s, k, t, f, g: _table_backward(r, mask, s, rows, t, f, g, capacity)
 
     def dense_branch(r, s, k, t, f, g):

@@ -88,6 +88,7 @@ def test_fire_capacity():
     assert fast.fire_capacity(139_000, 0.5) == 70_272  # 50.6 % of a table of 1000 digits
     assert fast.fire_capacity(448, 1.0) == 448 and fast.fire_capacity(100, 0.5) == 100
     assert fast.fire_capacity(2760, jnp.float32(0.5) + jnp.zeros(())) == 2760
+    assert fast.fire_capacity(2760, 0.5, fire_compaction=False) == 2760
 
 
 def test_steps_that_fire_more_rows_than_the_compact_table_holds(monkeypatch):
