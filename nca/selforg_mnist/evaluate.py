@@ -294,72 +294,93 @@ ARTICLE = {
     "l2_noise": {"top_accuracy": 95.4, "top_accuracy_step": 65, "accuracy_final": 95.3,
                  "top_agreement": 88.2, "top_agreement_step": 190, "agreement_final": 88.1},
 }  # fmt: skip
-STUDY_COLUMNS = ("top_accuracy", "accuracy_final", "top_agreement", "agreement_final",
-                 "accuracy_end", "agreement_end", "magnitude_10", "magnitude_final")  # fmt: skip
+# Each variant's study columns (`study_row`'s fields; label; format). `persist`'s first
+# `steps` steps are the restart protocol's (one pass), so its table shows what follows them.
+FIRST_HALF = (
+    ("top_accuracy", "top accuracy", ".1f"),
+    ("accuracy_final", "accuracy at {s}", ".1f"),
+    ("top_agreement", "top agreement", ".1f"),
+    ("agreement_final", "agreement at {s}", ".1f"),
+)
+SECOND_HALF = (
+    ("accuracy_end", "accuracy at {e}", ".1f"),
+    ("agreement_end", "agreement at {e}", ".1f"),
+)
+STUDY_COLUMNS = {
+    "restart": (*FIRST_HALF, *SECOND_HALF, ("magnitude_10", "state magnitude at 10", ".2f"),
+                ("magnitude_final", "at {s}", ".2f")),
+    "persist": (("accuracy_mutated", "accuracy at {s1}, just after the mutation", ".1f"),
+                *SECOND_HALF,
+                ("magnitude_final", "state magnitude at {s}", ".2f"),
+                ("magnitude_end", "at {e}", ".2f")),
+}  # fmt: skip
+STUDY_COLUMNS["none"] = STUDY_COLUMNS["restart"][:4] + STUDY_COLUMNS["restart"][6:]
+STEP_OF = {"top_accuracy": "top_accuracy_step", "top_agreement": "top_agreement_step"}
 
 
 def study_row(result: dict) -> dict[str, float]:
-    """An `eval_<variant>.json`'s summary (the first `steps` steps), accuracy and agreement at
-    its last step (`2 * steps`: after the restart or the mutation; percent), and the mean state
-    magnitude of alive cells at step 10 and at `steps` (the article's boundedness figure)."""
+    """An `eval_<variant>.json`'s summary (the first `steps` steps); accuracy and agreement at
+    its last step (`2 * steps`: after the restart or the mutation; percent) and at the first
+    step after `steps`; the mean state magnitude of alive cells at
+    step 10, at `steps` (the article's boundedness figure) and at the last step."""
     curves, steps = result["curves"], result["steps"]
-    magnitude = np.asarray(curves["state_magnitude"])
-    return {**result["summary"], "accuracy_end": 100 * float(curves["accuracy"][-1]),
+    magnitude, accuracy = np.asarray(curves["state_magnitude"]), np.asarray(curves["accuracy"])
+    return {**result["summary"], "accuracy_end": 100 * float(accuracy[-1]),
             "agreement_end": 100 * float(curves["agreement"][-1]),
+            "accuracy_mutated": 100 * float(accuracy[min(steps, len(accuracy) - 1)]),
             "magnitude_10": float(magnitude[min(10, steps) - 1]),
-            "magnitude_final": float(magnitude[steps - 1])}  # fmt: skip
+            "magnitude_final": float(magnitude[steps - 1]),
+            "magnitude_end": float(magnitude[-1])}  # fmt: skip
 
 
 def study_report(results: list[dict]):
     """Evaluations of several seeds of several configs (`eval_<variant>.json` dicts with their
     `config` and `seed`, one `steps` and `num_digits`), as the report `study`: per variant, the
-    mean ± standard deviation (over seeds, ddof 1) of each config next to the article's rows
-    (restart), the per-seed rows, and the mean curves with their min-max band (figure)."""
+    mean ± standard deviation (over seeds, ddof 1) of each config (the variant's
+    `STUDY_COLUMNS`) next to the article's rows (restart), the per-seed rows, and the mean curves
+    with their min-max band (figure)."""
     from nca import report
     from nca.selforg_mnist import plots
 
     steps = results[0]["steps"]
     end = max(len(r["curves"]["accuracy"]) for r in results)
     groups: dict[str, dict[str, list[dict]]] = {}
-    for r in sorted(results, key=lambda r: (r["variant"], r["config"], r["seed"])):
+    for r in sorted(results, key=lambda r: (VARIANTS.index(r["variant"]), r["config"], r["seed"])):
         groups.setdefault(r["variant"], {}).setdefault(r["config"], []).append(r)
-    header = ["model", "seeds", "top accuracy", f"accuracy at {steps}", "top agreement",
-              f"agreement at {steps}", f"accuracy at {end}", f"agreement at {end}",
-              "state magnitude at 10", f"at {steps}"]  # fmt: skip
     sections, data = [], {}
     for variant, configs in groups.items():
-        rows, data[variant] = [], {}
+        columns = STUDY_COLUMNS[variant]
+        fields = [field for field, _, _ in columns]
+        header = [label.format(s=steps, s1=steps + 1, e=end) for _, label, _ in columns]
+        rows, per_seed, data[variant] = [], [], {}
         if variant == "restart":
             for name, s in ARTICLE.items():
                 if name in configs:
-                    rows.append([f"article, {name}", "", f"{s['top_accuracy']:.1f}",
-                                 f"{s['accuracy_final']:.1f}", f"{s['top_agreement']:.1f}",
-                                 f"{s['agreement_final']:.1f}", "", "", "", ""])  # fmt: skip
+                    cells = [f"{s[f]:{fmt}}" if f in s else "" for f, _, fmt in columns]
+                    rows.append([f"article, {name}", "", *cells])
         for name, runs in configs.items():
-            values = np.array([[study_row(r)[c] for c in STUDY_COLUMNS] for r in runs])
+            values = np.array([[study_row(r)[f] for f in fields] for r in runs])
             mean = values.mean(0)
             std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
             data[variant][name] = {
                 "seeds": [r["seed"] for r in runs],
-                "mean": dict(zip(STUDY_COLUMNS, mean.tolist(), strict=True)),
-                "std": dict(zip(STUDY_COLUMNS, std.tolist(), strict=True)),
+                "mean": dict(zip(fields, mean.tolist(), strict=True)),
+                "std": dict(zip(fields, std.tolist(), strict=True)),
                 "runs": {str(r["seed"]): study_row(r) for r in runs},
             }
-            cells = [f"{m:.1f} ± {s:.1f}" if len(runs) > 1 else f"{m:.1f}"
-                     for m, s in zip(mean[:6], std[:6], strict=True)]  # fmt: skip
-            cells += [f"{m:.2f}" for m in mean[6:]]
+            cells = [f"{m:{fmt}} ± {d:{fmt}}" if len(runs) > 1 and fmt == ".1f" else f"{m:{fmt}}"
+                     for m, d, (_, _, fmt) in zip(mean, std, columns, strict=True)]  # fmt: skip
             rows.append([f"ours, {name}", ",".join(str(r["seed"]) for r in runs), *cells])
-        per_seed = [[f"{name} seed {r['seed']}", f"{s['top_accuracy']:.1f} at "
-                     f"{s['top_accuracy_step']}", f"{s['accuracy_final']:.1f}",
-                     f"{s['top_agreement']:.1f} at {s['top_agreement_step']}",
-                     f"{s['agreement_final']:.1f}", f"{s['accuracy_end']:.1f}",
-                     f"{s['agreement_end']:.1f}", f"{s['magnitude_10']:.2f}",
-                     f"{s['magnitude_final']:.2f}"]
-                    for name, runs in configs.items() for r in runs
-                    for s in [study_row(r)]]  # fmt: skip
+            for r in runs:
+                s = study_row(r)
+                per_seed.append([f"{name} seed {r['seed']}", *[
+                    f"{s[f]:{fmt}}" + (f" at {s[STEP_OF[f]]}" if f in STEP_OF else "")
+                    for f, _, fmt in columns]])  # fmt: skip
+        note = (f"Its first {steps} steps are the restart protocol's (one pass); the table shows "
+                f"what follows the mutation.\n\n" if variant == "persist" else "")  # fmt: skip
         sections.append(
-            f"### {variant}\n\n" + report.table(header, rows) + "\n\nPer seed:\n\n"
-            + report.table(["run", *header[2:]], per_seed) + "\n"
+            f"### {variant}\n\n{note}" + report.table(["model", "seeds", *header], rows)
+            + "\n\nPer seed:\n\n" + report.table(["run", *header], per_seed) + "\n"
         )  # fmt: skip
     digits = sorted({r["num_digits"] for r in results})
     table = (f"{'/'.join(map(str, digits))} test digits, {steps} steps; mean ± std over seeds "

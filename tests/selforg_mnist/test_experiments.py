@@ -85,6 +85,9 @@ def test_study_tables_seeds_with_mean_and_std(smoke_workdir, mnist_dir, tmp_path
         paths.append(tmp_path / f"s{seed}.json")
         paths[-1].write_text(json.dumps(r))
     paths.append(smoke_workdir / "eval_restart.json")  # another config: its own row
+    persist = {**result, "variant": "persist"}  # its table: what follows step 6
+    paths.append(tmp_path / "persist.json")
+    paths[-1].write_text(json.dumps(persist))
     out = run(module("study", *[f"--result={p}" for p in paths], f"--out={tmp_path / 'study'}"))
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads((tmp_path / "study" / "study.json").read_text())["restart"]
@@ -98,6 +101,12 @@ def test_study_tables_seeds_with_mean_and_std(smoke_workdir, mnist_dir, tmp_path
     table = (tmp_path / "study" / "study.md").read_text()
     assert "| article, l2_noise |  | 95.4 | 95.3 | 88.2 | 88.1 |" in table
     assert "± 2.0" in table and "l2_noise seed 2" in table and "l2_noise:smoke seed 0" in table
+    mutated = json.loads((tmp_path / "study" / "study.json").read_text())["persist"]
+    want = 100 * result["curves"]["accuracy"][6]  # step 7, the first after the mutation
+    assert mutated["l2_noise:smoke"]["mean"]["accuracy_mutated"] == pytest.approx(want)
+    persist_table = table.split("### persist")[1].split("###")[0]
+    assert "accuracy at 7, just after the mutation" in persist_table
+    assert "top accuracy" not in persist_table  # the restart table's first half, not repeated
     assert (tmp_path / "study" / "study.png").stat().st_size > 10_000
     # a result that does not name its run, and the same run twice, are refused
     bare = {k: v for k, v in result.items() if k not in ("config", "seed")}
