@@ -33,7 +33,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 # The tests' programs are small, so their time goes to compiling, most of it to LLVM's -O2:
 # -O1 compiles a MetaNCA rollout in 3.6 s instead of 13.7 and runs the 1000-digit check of the
-# published weights as fast; the MetaNCA end-to-end test takes 135 s instead of 310 (one core).
+# published weights as fast; the MetaNCA end-to-end test takes 139 s instead of 310 (one core).
 _XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _XLA_FLAGS:
     os.environ["XLA_FLAGS"] = f"{_XLA_FLAGS} --xla_backend_optimization_level=1".strip()

@@ -306,23 +306,26 @@ SECOND_HALF = (
     ("accuracy_end", "accuracy at {e}", ".1f"),
     ("agreement_end", "agreement at {e}", ".1f"),
 )
+MAGNITUDES = (
+    ("magnitude_10", "state magnitude at 10", ".2f"),
+    ("magnitude_final", "at {s}", ".2f"),
+)
 STUDY_COLUMNS = {
-    "restart": (*FIRST_HALF, *SECOND_HALF, ("magnitude_10", "state magnitude at 10", ".2f"),
-                ("magnitude_final", "at {s}", ".2f")),
+    "restart": (*FIRST_HALF, *SECOND_HALF, *MAGNITUDES),
+    "none": (*FIRST_HALF, *MAGNITUDES),
     "persist": (("accuracy_mutated", "accuracy at {s1}, just after the mutation", ".1f"),
                 *SECOND_HALF,
                 ("magnitude_final", "state magnitude at {s}", ".2f"),
                 ("magnitude_end", "at {e}", ".2f")),
 }  # fmt: skip
-STUDY_COLUMNS["none"] = STUDY_COLUMNS["restart"][:4] + STUDY_COLUMNS["restart"][6:]
 STEP_OF = {"top_accuracy": "top_accuracy_step", "top_agreement": "top_agreement_step"}
 
 
 def study_row(result: dict) -> dict[str, float]:
     """An `eval_<variant>.json`'s summary (the first `steps` steps); accuracy and agreement at
     its last step (`2 * steps`: after the restart or the mutation; percent) and at the first
-    step after `steps`; the mean state magnitude of alive cells at
-    step 10, at `steps` (the article's boundedness figure) and at the last step."""
+    step after `steps`; the mean state magnitude of alive cells at step 10, at `steps` (the
+    article's boundedness figure) and at the last step."""
     curves, steps = result["curves"], result["steps"]
     magnitude, accuracy = np.asarray(curves["state_magnitude"]), np.asarray(curves["accuracy"])
     return {**result["summary"], "accuracy_end": 100 * float(accuracy[-1]),
@@ -359,20 +362,20 @@ def study_report(results: list[dict]):
                     cells = [f"{s[f]:{fmt}}" if f in s else "" for f, _, fmt in columns]
                     rows.append([f"article, {name}", "", *cells])
         for name, runs in configs.items():
-            values = np.array([[study_row(r)[f] for f in fields] for r in runs])
+            seed_rows = [study_row(r) for r in runs]
+            values = np.array([[row[f] for f in fields] for row in seed_rows])
             mean = values.mean(0)
             std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
             data[variant][name] = {
                 "seeds": [r["seed"] for r in runs],
                 "mean": dict(zip(fields, mean.tolist(), strict=True)),
                 "std": dict(zip(fields, std.tolist(), strict=True)),
-                "runs": {str(r["seed"]): study_row(r) for r in runs},
+                "runs": {str(r["seed"]): row for r, row in zip(runs, seed_rows, strict=True)},
             }
             cells = [f"{m:{fmt}} ± {d:{fmt}}" if len(runs) > 1 and fmt == ".1f" else f"{m:{fmt}}"
                      for m, d, (_, _, fmt) in zip(mean, std, columns, strict=True)]  # fmt: skip
             rows.append([f"ours, {name}", ",".join(str(r["seed"]) for r in runs), *cells])
-            for r in runs:
-                s = study_row(r)
+            for r, s in zip(runs, seed_rows, strict=True):
                 per_seed.append([f"{name} seed {r['seed']}", *[
                     f"{s[f]:{fmt}}" + (f" at {s[STEP_OF[f]]}" if f in STEP_OF else "")
                     for f, _, fmt in columns]])  # fmt: skip
