@@ -13,7 +13,8 @@ Options, comma-separated after the config name (`--config=l2_noise:no_pool,smoke
   or full run that has not reached 10k can switch to it on resume;
 - `no_pool`: every batch is fresh digits from zero state (ablation);
 - `no_mutation`: the pool persists its states, but no pool member is swapped to a new digit
-  (ablation; the first quarter of each batch is still replaced by fresh digits).
+  (ablation, the notebook's "persistent" model: the first and last quarters of each batch are
+  fresh digits at zero state, the middle half continues from the pool).
 """
 
 from __future__ import annotations

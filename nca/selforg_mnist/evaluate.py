@@ -13,7 +13,11 @@ Metrics per step, pooled over all batches:
 - `accuracy`: average cell accuracy, correct alive cells / all alive cells;
 - `agreement`: total agreement, share of digits whose counted alive cells all carry one label;
 - `state_magnitude`: mean |state| over alive cells and the 19 mutable channels;
-- `update_magnitude`: mean |state_t - state_{t-1}| over alive cells and the 19 mutable channels.
+- `update_magnitude`: mean |state_t - state_{t-1}| over alive cells and the 19 mutable channels;
+- `label_changes`: share of alive cells whose vote changed in this step (the article's flicker);
+- `no_vote`: share of digits with no counted cell (every alive cell's class values negative, or
+  no alive cell). They never agree here; the article's notebook counts them as agreeing, so its
+  agreement is `agreement + no_vote`.
 """
 
 from __future__ import annotations
@@ -28,19 +32,24 @@ from tqdm import tqdm
 from nca.selforg_mnist import fast, losses, model
 
 VARIANTS = ("restart", "persist", "none")  # "none": only the first `num_steps` steps
-CURVES = ("accuracy", "agreement", "state_magnitude", "update_magnitude")
+CURVES = ("accuracy", "agreement", "state_magnitude", "update_magnitude", "label_changes",
+          "no_vote")
 
 
 def step_metrics(previous: jax.Array, state: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     """Sums over a batch (so batches can be pooled) after one step from `previous` to `state`."""
     correct, alive = losses.correct_and_alive(state, labels)
-    alive_mask = model.alive_mask(state).astype(state.dtype)
+    alive_mask = model.alive_mask(state)
+    alive_f = alive_mask.astype(state.dtype)
+    changed = (model.cell_labels(state) != model.cell_labels(previous)) & alive_mask[..., 0]
     return {
         "correct_cells": jnp.sum(correct),
         "alive_cells": jnp.sum(alive),
         "agreeing_images": jnp.sum(losses.agreement(state)),
-        "state_abs": jnp.sum(jnp.abs(state[..., 1:]) * alive_mask),
-        "update_abs": jnp.sum(jnp.abs(state[..., 1:] - previous[..., 1:]) * alive_mask),
+        "state_abs": jnp.sum(jnp.abs(state[..., 1:]) * alive_f),
+        "update_abs": jnp.sum(jnp.abs(state[..., 1:] - previous[..., 1:]) * alive_f),
+        "changed_cells": jnp.sum(changed),
+        "no_vote_images": jnp.sum(jnp.sum(losses.votes_per_label(state), axis=-1) == 0),
     }
 
 
@@ -67,6 +76,8 @@ def row_metrics(
         "agreeing_images": jnp.sum(agree[:num_images]),
         "state_abs": jnp.sum(jnp.abs(rows[:, 1:]) * in_use_f),
         "update_abs": jnp.sum(jnp.abs(rows[:, 1:] - previous[:, 1:]) * in_use_f),
+        "changed_cells": jnp.sum((votes != model.cell_labels(previous)) & in_use),
+        "no_vote_images": jnp.sum(num_counted[:num_images] == 0),
     }
 
 
@@ -179,6 +190,8 @@ def _curves(totals: dict[str, np.ndarray], num_images: int) -> dict[str, np.ndar
         "agreement": totals["agreeing_images"] / num_images,
         "state_magnitude": totals["state_abs"] / (alive * model.NUM_MUTABLE),
         "update_magnitude": totals["update_abs"] / (alive * model.NUM_MUTABLE),
+        "label_changes": totals["changed_cells"] / alive,
+        "no_vote": totals["no_vote_images"] / num_images,
     }
 
 

@@ -61,16 +61,21 @@ def average_cell_accuracy(state: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.sum(correct) / jnp.maximum(jnp.sum(alive), 1)
 
 
-def agreement(state: jax.Array) -> jax.Array:
-    """`(B,) bool`: do all counted alive cells carry the same label (right or wrong)?
-
-    As in the article's code, an alive cell whose 10 class values are all negative is not counted
-    (it has no confident vote); an image with no counted cell does not agree.
-    """
+def votes_per_label(state: jax.Array) -> jax.Array:
+    """`(B, 10)`: per image, the counted alive cells voting for each label. As in the article's
+    code, an alive cell whose 10 class values are all negative is not counted (no confident
+    vote)."""
     counted = model.alive_mask(state)[..., 0] & jnp.any(model.class_channels(state) >= 0, axis=-1)
     votes = jax.nn.one_hot(model.cell_labels(state), model.NUM_CLASSES) * counted[..., None]
-    per_label = jnp.sum(votes, axis=(1, 2))  # (B, 10)
-    num_counted = jnp.sum(counted, axis=(1, 2))
+    return jnp.sum(votes, axis=(1, 2))
+
+
+def agreement(state: jax.Array) -> jax.Array:
+    """`(B,) bool`: do all counted alive cells (`votes_per_label`) carry the same label (right or
+    wrong)? An image with no counted cell does not agree; the article's notebook (max == sum of
+    the counts) counts it as agreeing: `evaluate`'s `no_vote` curve is the difference."""
+    per_label = votes_per_label(state)
+    num_counted = jnp.sum(per_label, axis=-1)
     return (jnp.max(per_label, axis=-1) == num_counted) & (num_counted > 0)
 
 

@@ -1,7 +1,8 @@
 """Pool + mutation training of the self-classifying MNIST CA, as the article's notebook does it.
 
 Each iteration: sample `batch_size` pool members without replacement; replace the first quarter
-with fresh training digits (zero state) and mutate the last quarter into new training digits; run
+with fresh training digits (zero state) and mutate the last quarter into new training digits
+(without mutation, the notebook's "persistent" model, it too becomes fresh digits); run
 `num_ca_steps` CA steps with `lax.scan`; take the loss on the final state; normalise each gradient
 tensor, `g / (||g|| + 1e-8)`; one Adam step; write the states and labels back to the pool.
 
@@ -81,8 +82,7 @@ def num_fresh_digits(config: ml_collections.ConfigDict) -> int:
     """How many new training digits one iteration consumes."""
     if not config.use_pool:
         return config.batch_size
-    quarter = config.batch_size // 4
-    return 2 * quarter if config.mutate else quarter
+    return 2 * (config.batch_size // 4)
 
 
 def init_train_state(
@@ -149,7 +149,8 @@ def assemble_batch(
     """The CA states and labels to train on this iteration, and the pool slots they came from.
 
     With the pool: `batch_size` members sampled without replacement; the first quarter replaced by
-    fresh digits at zero state, the last quarter (if `mutate`) mutated into new digits.
+    fresh digits at zero state, the last quarter mutated into new digits (`mutate`) or, as the
+    notebook's "persistent" model, replaced by fresh digits too.
     """
     images, labels = batch["images"], batch["labels"]
     if not config.use_pool:
@@ -162,9 +163,10 @@ def assemble_batch(
     # when the batch is sharded over several processes (JAX 0.10, CPU).
     x = jnp.concatenate([model.seed_state(images[:quarter]), x[quarter:]])
     y = jnp.concatenate([labels[:quarter].astype(y.dtype), y[quarter:]])
-    if config.mutate:
-        x = jnp.concatenate([x[:-quarter], model.mutate(x[-quarter:], images[quarter:])])
-        y = jnp.concatenate([y[:-quarter], labels[quarter:].astype(y.dtype)])
+    last = images[quarter:]
+    last = model.mutate(x[-quarter:], last) if config.mutate else model.seed_state(last)
+    x = jnp.concatenate([x[:-quarter], last])
+    y = jnp.concatenate([y[:-quarter], labels[quarter:].astype(y.dtype)])
     return x, y, idx
 
 

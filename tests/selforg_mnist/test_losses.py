@@ -86,6 +86,14 @@ def test_evaluation_metrics_on_hand_built_digits():
     # |state| over alive cells and 19 channels: 3*1 + 4*1 + (1 + 10)
     assert sums["state_abs"] == pytest.approx(18.0)
     assert sums["update_abs"] == pytest.approx(18.0)
+    # every alive cell left the previous vote (0) but the all-negative one (argmax 0 again)
+    assert sums["changed_cells"] == 3 + 4 + 1
+    assert sums["no_vote_images"] == 0
+    # digit 2's voting cell also all negative: no counted cell, so it no longer agrees
+    no_vote = state.at[2, 0, 0, -10:].set(-1.0)
+    sums = jax.device_get(evaluate.step_metrics(previous, no_vote, jnp.array([2, 3, 4])))
+    assert sums["no_vote_images"] == 1 and sums["agreeing_images"] == 1
+    assert sums["changed_cells"] == 3 + 4
 
 
 def test_variants_in_one_pass_are_the_variants_run_alone():

@@ -54,16 +54,23 @@ def test_assemble_batch_seeds_first_quarter_and_mutates_last(setup):
 
 
 def test_no_pool_and_no_mutation_variants(mnist_dir):
-    images = jnp.zeros((8, 28, 28))
+    images = jnp.ones((8, 28, 28))
     labels = jnp.arange(8) % 10
-    for spec, n_fresh in (("l2_noise:no_pool,smoke", 4), ("l2_noise:no_mutation,smoke", 1)):
+    for spec, n_fresh in (("l2_noise:no_pool,smoke", 4), ("l2_noise:no_mutation,smoke", 2)):
         config = tiny_config(mnist_dir, spec)
         assert train.num_fresh_digits(config) == n_fresh
         state = train.init_train_state(config, images, labels)
+        state = state.replace(pool_states=state.pool_states.at[..., 1:].set(7.0))
         batch = {"images": images[:n_fresh], "labels": labels[:n_fresh]}
         x, y, idx = train.assemble_batch(config, state, batch, jax.random.PRNGKey(0))
         assert x.shape == (config.batch_size, 28, 28, 20)
         assert (idx is None) == (not config.use_pool)
+        if config.use_pool:  # the notebook's "persistent" model: both quarters fresh digits
+            q = config.batch_size // 4
+            fresh = np.concatenate([np.arange(q), np.arange(config.batch_size - q, config.batch_size)])
+            np.testing.assert_array_equal(x[fresh], model.seed_state(batch["images"]))
+            np.testing.assert_array_equal(y[fresh], batch["labels"])
+            assert np.all(np.asarray(x[q:-q, ..., 1:]) == 7.0)  # the middle half persists
 
 
 def test_train_step_writes_back_pool_and_steps_adam(setup):
