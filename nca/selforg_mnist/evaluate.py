@@ -32,8 +32,14 @@ from tqdm import tqdm
 from nca.selforg_mnist import fast, losses, model
 
 VARIANTS = ("restart", "persist", "none")  # "none": only the first `num_steps` steps
-CURVES = ("accuracy", "agreement", "state_magnitude", "update_magnitude", "label_changes",
-          "no_vote")
+CURVES = (
+    "accuracy",
+    "agreement",
+    "state_magnitude",
+    "update_magnitude",
+    "label_changes",
+    "no_vote",
+)
 
 
 def step_metrics(previous: jax.Array, state: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:

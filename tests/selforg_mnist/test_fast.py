@@ -202,8 +202,13 @@ def test_table_observes_the_metrics_on_its_rows():
             assert int(want["correct_cells"][0]) == np.sum(alive[:, 0] == 1)  # labels 1, 4, 7, 9
             assert int(want["no_vote_images"][0]) == 1  # image 0: no alive cell
             assert int(want["changed_cells"][0]) == 0  # nothing fires
-        for name in ("correct_cells", "alive_cells", "agreeing_images", "changed_cells",
-                     "no_vote_images"):
+        for name in (
+            "correct_cells",
+            "alive_cells",
+            "agreeing_images",
+            "changed_cells",
+            "no_vote_images",
+        ):
             np.testing.assert_array_equal(got[name], want[name])
         for name in ("state_abs", "update_abs"):
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5)

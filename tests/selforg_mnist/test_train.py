@@ -67,7 +67,8 @@ def test_no_pool_and_no_mutation_variants(mnist_dir):
         assert (idx is None) == (not config.use_pool)
         if config.use_pool:  # the notebook's "persistent" model: both quarters fresh digits
             q = config.batch_size // 4
-            fresh = np.concatenate([np.arange(q), np.arange(config.batch_size - q, config.batch_size)])
+            b = config.batch_size
+            fresh = np.concatenate([np.arange(q), np.arange(b - q, b)])
             np.testing.assert_array_equal(x[fresh], model.seed_state(batch["images"]))
             np.testing.assert_array_equal(y[fresh], batch["labels"])
             assert np.all(np.asarray(x[q:-q, ..., 1:]) == 7.0)  # the middle half persists
