@@ -66,8 +66,8 @@ def test_no_pool_and_no_mutation_variants(mnist_dir):
         assert x.shape == (config.batch_size, 28, 28, 20)
         assert (idx is None) == (not config.use_pool)
         if config.use_pool:  # the notebook's "persistent" model: both quarters fresh digits
-            q = config.batch_size // 4
             b = config.batch_size
+            q = b // 4
             fresh = np.concatenate([np.arange(q), np.arange(b - q, b)])
             np.testing.assert_array_equal(x[fresh], model.seed_state(batch["images"]))
             np.testing.assert_array_equal(y[fresh], batch["labels"])
