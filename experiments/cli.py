@@ -68,19 +68,22 @@ def resolve_config_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-def load_models(workdirs: list[str] | None, model_names: list[str] | None) -> list[dict]:
+def load_models(
+    workdirs: list[str] | None, model_names: list[str] | None, step: int | None = None
+) -> list[dict]:
     """Every `--workdir` and `--model` (a shipped pretrained model) to work on, loaded up front so
     a bad one fails before minutes of work: dicts of label, config, params, folder (the workdir,
-    or None for a pretrained model) and info (where it came from)."""
+    or None for a pretrained model) and info (where it came from). `step`: each workdir's
+    checkpoint of that training iteration instead of its newest."""
     from nca import checkpoint
     from nca.selforg_mnist import pretrained
 
     models = []
     for workdir in workdirs or []:
-        config, params, step = checkpoint.load_params(workdir)
-        models.append({"label": f"{Path(workdir).name}: {config.name} @ {step}",
+        config, params, loaded = checkpoint.load_params(workdir, step)
+        models.append({"label": f"{Path(workdir).name}: {config.name} @ {loaded}",
                        "config": config, "params": params, "folder": Path(workdir),
-                       "info": {"workdir": str(workdir), "checkpoint_step": step,
+                       "info": {"workdir": str(workdir), "checkpoint_step": loaded,
                                 "config": config.get("name", ""),
                                 "seed": int(config.get("seed", 0))}})  # fmt: skip
     for name in model_names or []:

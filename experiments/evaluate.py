@@ -4,6 +4,7 @@
     python -m experiments.evaluate --workdir=workdirs/ce --workdir=workdirs/l2 --out=eval_all
     python -m experiments.evaluate --workdir=DIR --variant=persist --num_digits=1000 --steps=100
     python -m experiments.evaluate --workdir=DIR --variant=restart --variant=persist  # one pass
+    python -m experiments.evaluate --workdir=DIR --checkpoint_step=50000  # an older checkpoint
     python -m experiments.evaluate --model=distill_l2_noise --out=eval_distill   # shipped weights
     python -m experiments.evaluate --result=workdirs/ce/eval_restart.json \
         --result=workdirs/l2_noise/eval_restart.json --out=eval_all   # compare earlier results
@@ -12,7 +13,9 @@ Writes into each workdir `eval_<variant>.json` (every curve and the summary), `e
 and `eval_<variant>.md` (for a pretrained --model, into `<out>/<name>/`); with several models also
 a side-by-side plot and table in --out. `--result` adds an earlier `eval_<variant>.json` to that
 comparison without evaluating it again. Several `--variant`s share the first `--steps` steps (one
-pass: 3/4 of the time of two runs, the same numbers).
+pass: 3/4 of the time of two runs, the same numbers). `--checkpoint_step=N` evaluates each
+workdir's checkpoint of training iteration N and names its files `eval_<variant>_step<N>`, so
+the newest checkpoint's `eval_<variant>` files stay.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ _STEPS = flags.DEFINE_integer("steps", 200, "CA steps before (and after) the mut
                               lower_bound=1)  # fmt: skip
 _BATCH = flags.DEFINE_integer("batch_size", 1000, "Digits per batch (the article: 1000).",
                               lower_bound=1)  # fmt: skip
+_CHECKPOINT = flags.DEFINE_integer(
+    "checkpoint_step",
+    None,
+    "Evaluate each --workdir's checkpoint of this training iteration (default: its newest).",
+    lower_bound=0,
+)
 _IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/selforg_mnist/fast.py).")
 _EXACT = flags.DEFINE_bool(
     "exact_randomness", False, "`alive`: draw the masks and noise that `conv` draws (slower)."
@@ -80,8 +89,10 @@ def main(argv):
     variants, steps, quiet = tuple(dict.fromkeys(_VARIANT.value)), _STEPS.value, lambda *_: None
     earlier = [load_result(path, variants, steps) for path in _RESULTS.value]
     results = {v: {} for v in variants}
+    if _CHECKPOINT.value is not None and _MODELS.value:
+        raise cli.InputError("--checkpoint_step applies to --workdir only, not to --model.")
     if _WORKDIRS.value or _MODELS.value or not earlier:
-        models = cli.load_models(_WORKDIRS.value, _MODELS.value)
+        models = cli.load_models(_WORKDIRS.value, _MODELS.value, _CHECKPOINT.value)
         images, labels = data.load_mnist("test", _DATA.value)
         images, labels = data.to_grey(images[: _NUM_DIGITS.value]), labels[: _NUM_DIGITS.value]
         for m in models:
@@ -92,6 +103,8 @@ def main(argv):
             )  # fmt: skip
             folder = m["folder"] or Path(_OUT.value or "eval_pretrained") / m["info"]["pretrained"]
             for variant, result in reports.items():
+                if _CHECKPOINT.value is not None:
+                    result.name += f"_step{_CHECKPOINT.value}"
                 report.write(folder, result, log=quiet, dpi=110, tight=False, indent=None)
                 results[variant][m["label"]] = result.data
                 if m["folder"] is not None:  # a workdir: next to its training curves

@@ -90,7 +90,7 @@ def main(argv):
             loop.train_and_evaluate(config, workdir)
         _, params, step = checkpoint.load_params(workdir)
         curves = evaluate.evaluate_model(config, params, images, labels, num_steps=_STEPS.value,
-                                         variant="none", seed=config.seed)  # fmt: skip
+                                         variants=("none",), seed=config.seed)["none"]  # fmt: skip
         per_config.setdefault(spec, []).append(evaluate.summary(curves, _STEPS.value))
 
     lines = [

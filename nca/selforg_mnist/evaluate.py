@@ -201,13 +201,11 @@ def _curves(totals: dict[str, np.ndarray], num_images: int) -> dict[str, np.ndar
     }
 
 
-def evaluate_model(config, params: model.Params, images, labels, *, variants=None, **kwargs):
-    """`evaluate` (or with `variants`, `evaluate_variants`) with the fire rate and residual
-    noise the model was trained with."""
+def evaluate_model(config, params: model.Params, images, labels, **kwargs):
+    """`evaluate_variants` (`{variant: curves}`) with the fire rate and residual noise the model
+    was trained with."""
     kwargs.update(fire_rate=config.model.fire_rate, noise_std=config.model.noise_std)
-    if variants is not None:
-        return evaluate_variants(params, images, labels, variants=variants, **kwargs)
-    return evaluate(params, images, labels, **kwargs)
+    return evaluate_variants(params, images, labels, **kwargs)
 
 
 def summary(curves: dict[str, np.ndarray], num_steps: int) -> dict[str, float]:
@@ -289,7 +287,7 @@ def training_length_report(
     for step in sorted(set(steps) - set(rows)):
         config, params, _ = checkpoint.load_params(workdir, step, log=log)
         curves = evaluate_model(config, params, images, labels, num_steps=num_steps,
-                                variant="none", **kwargs)  # fmt: skip
+                                variants=("none",), **kwargs)["none"]  # fmt: skip
         rows[step] = summary(curves, num_steps)
         log(f"{workdir} at {step}: accuracy {rows[step]['accuracy_final']:.1f}, agreement "
             f"{rows[step]['agreement_final']:.1f} at {num_steps} CA steps")  # fmt: skip

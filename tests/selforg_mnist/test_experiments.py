@@ -117,6 +117,24 @@ def test_study_tables_seeds_with_mean_and_std(smoke_workdir, mnist_dir, tmp_path
         assert out.returncode != 0 and message in out.stderr.strip().splitlines()[-1], out.stderr
 
 
+def test_evaluate_an_older_checkpoint_keeps_the_newest_ones_files(smoke_workdir, mnist_dir,
+                                                                   tmp_path):  # fmt: skip
+    workdir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(smoke_workdir), str(workdir)], check=True)
+    (workdir / "eval_restart.json").write_text("newest")
+    flags = [f"--mnist_dir={mnist_dir}", "--num_digits=8", "--steps=3", "--batch_size=8"]
+    out = run(module("evaluate", f"--workdir={workdir}", "--checkpoint_step=4", *flags))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((workdir / "eval_restart_step4.json").read_text())["checkpoint_step"] == 4
+    assert (workdir / "eval_restart_step4.md").is_file()
+    assert (workdir / "eval_restart.json").read_text() == "newest"
+    for bad, message in ((f"--workdir={workdir}", "no checkpoint for step 3"),
+                         ("--model=distill_l2_noise", "applies to --workdir only")):  # fmt: skip
+        out = run(module("evaluate", bad, "--checkpoint_step=3", *flags))
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert message in out.stderr.strip().splitlines()[-1], out.stderr
+
+
 def test_evaluate_rejects_a_folder_that_is_not_a_workdir(tmp_path, mnist_dir):
     out = run(module("evaluate", f"--workdir={tmp_path}", f"--mnist_dir={mnist_dir}"))
     assert out.returncode != 0 and "Traceback" not in out.stderr
