@@ -90,7 +90,7 @@ def run_accuracy(m, d, s: Settings) -> report.Report:
     keys = evaluate.init_keys(s.seed, s.nets)
     rows, result = [], {"source": source(m), "nets": s.nets, "archs": []}
     trained = metanca_train.archs(config.train_archs)
-    for arch in tqdm(trained + metanca_train.archs(config.test_archs), desc="accuracy"):
+    for arch in tqdm(metanca_train.all_archs(config), desc="accuracy"):
         entry = {"arch": list(arch), "trained": arch in trained}
         for n in sorted({horizon(m, s), 5 * horizon(m, s)}):
             acc = evaluate.grow_final_accuracy(
@@ -256,9 +256,7 @@ def run_stability(m, d, s: Settings, nopool=None) -> report.Report:
     for ax, (label, mm) in zip(axes[0], models, strict=True):
         config = mm["config"]
         entry = {"source": source(mm), "archs": []}
-        for arch in metanca_train.archs(config.train_archs) + metanca_train.archs(
-            config.test_archs
-        ):
+        for arch in metanca_train.all_archs(config):
             curves = evaluate.grow_curves(
                 config, mm["rule"], arch, keys, *curve_split(d, "train", s), s.long_steps
             )
@@ -316,9 +314,7 @@ def run_zero_out(m, d, s: Settings, damage=None) -> report.Report:
     for ax, (label, mm) in zip(axes[0], models, strict=True):
         config = mm["config"]
         entry = {"source": source(mm), "archs": []}
-        for arch in metanca_train.archs(config.train_archs) + metanca_train.archs(
-            config.test_archs
-        ):
+        for arch in metanca_train.all_archs(config):
             curves = evaluate.grow_curves(
                 config,
                 mm["rule"],
@@ -373,7 +369,7 @@ def run_baseline(m, d, s: Settings) -> report.Report:
     fig, ax = report.figure(figsize=(7, 4))
     result = {"source": source(m), "rule_steps": n, "baseline_lr": s.baseline_lr, "archs": []}
     rows = []
-    for arch in metanca_train.archs(config.train_archs) + metanca_train.archs(config.test_archs):
+    for arch in metanca_train.all_archs(config):
         spec = metanca_train.net_spec(config, arch)
         adam = dict(learning_rate=s.baseline_lr, batch_size=int(config.batch_size), seed=s.seed)
         grown = evaluate.grow_curves(config, m["rule"], arch, keys, test_x, test_y, long)

@@ -62,6 +62,11 @@ def archs(config_archs) -> tuple[tuple[int | str, ...], ...]:
     return tuple(tuple(n if model.is_conv(n) else int(n) for n in a) for a in config_archs)
 
 
+def all_archs(config) -> tuple[tuple[int | str, ...], ...]:
+    """The trained architectures, then the held-out ones (`archs` of each)."""
+    return archs(config.train_archs) + archs(config.test_archs)
+
+
 def arch_name(arch) -> str:
     return "-".join(str(n) for n in arch)
 
@@ -189,7 +194,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"unknown data.task {config.data.task!r}; choose iris or mnist.")
     if not config.train_archs:
         raise ConfigError("train_archs is empty.")
-    for arch in archs(config.train_archs) + archs(config.test_archs):
+    for arch in all_archs(config):
         net_spec(config, arch)
     if config.use_pool and config.pool_size < config.nets_per_arch:
         raise ConfigError(f"pool_size {config.pool_size} < nets_per_arch {config.nets_per_arch}.")
