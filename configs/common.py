@@ -1,16 +1,17 @@
 """The base config of the self-classifying MNIST CA and the options every config accepts.
 
-Training times measured on a 2-core x86 CPU with the default `table` path (2026-12): 7.0-7.4
-iterations/s on one core, 13.2 on both with `--cpu_devices=2`; the full 100k schedule takes 3.8 h
-on one core, 2.1 h on both.
+Training times measured on a 2-core x86 CPU with the default `table` path (2026-12-03): 18.8
+iterations/s on both cores with `--cpu_devices=2`, 12.1-12.4 on one core while the other trains
+another run; the full 100k schedule takes 1.5 h on both cores, 2.3 h on one.
 
 Options, comma-separated after the config name (`--config=l2_noise:no_pool,smoke`):
 - `smoke`: a tiny run (small batch, pool, few steps and iterations) that trains in seconds;
 - `short`: 40,000 iterations with the learning-rate drops moved from (30k, 70k) to (20k, 32k),
-  for CPU budgets (the article trains 100k; 1.5 h on one core). A run of the full schedule that
-  has not reached 20k can switch to it on resume: the iterations done so far are the same;
-- `20k`: 20,000 iterations, drops at 10k and 16k (`short` halved; 45 min on one core). A `short`
-  or full run that has not reached 10k can switch to it on resume;
+  for CPU budgets (the article trains 100k; 35 min on both cores, 55 min on one). A run of the
+  full schedule that has not reached 20k can switch to it on resume: the iterations done so far
+  are the same;
+- `20k`: 20,000 iterations, drops at 10k and 16k (`short` halved; 18 min on both cores, 27 on
+  one). A `short` or full run that has not reached 10k can switch to it on resume;
 - `no_pool`: every batch is fresh digits from zero state (ablation);
 - `no_mutation`: the pool persists its states, but no pool member is swapped to a new digit
   (ablation, the notebook's "persistent" model: the first and last quarters of each batch are
