@@ -10,7 +10,7 @@ Measures, in one run on this machine:
 4. `table` data-parallel over all cores (one CPU device per core, `fast.per_device`): the
    training rate of one run given the whole machine (`experiments.train --cpu_devices=N`);
 5. with --eval_protocol, the wall time of the article's evaluation protocol (10,000 digits x 400
-   steps) with the fastest path.
+   steps) with the fastest path, on one device and with its batches side by side on all cores.
 Results go to `<out>/ca_speed.json` and `<out>/ca_speed.md`. Never run by the tests.
 """
 
@@ -114,10 +114,12 @@ def inference_rate(impl, params, grey, labels, num_steps, fire_compaction=True):
     }
 
 
-def eval_protocol_seconds(params, grey, labels, impl):
-    """The article's protocol: 10 batches of 1000 digits x (200 steps + 200 after mutation)."""
+def eval_protocol_seconds(params, grey, labels, impl, devices):
+    """The article's protocol: 10 batches of 1000 digits x (200 steps + 200 after mutation), the
+    batches side by side on `devices`."""
     start = time.perf_counter()
-    evaluate.evaluate(params, grey, labels, num_steps=200, noise_std=0.02, impl=impl)
+    evaluate.evaluate(params, grey, labels, num_steps=200, noise_std=0.02, impl=impl,
+                      devices=devices)  # fmt: skip
     return time.perf_counter() - start
 
 
@@ -164,7 +166,10 @@ def main(argv):
     write_results(out, results)  # a long --eval_protocol may be interrupted: keep these
     if _EVAL.value:
         full = data.to_grey(test_images)
-        results["eval_protocol_seconds"] = eval_protocol_seconds(params, full, test_labels, "table")
+        results["eval_protocol_seconds"] = {
+            n: eval_protocol_seconds(params, full, test_labels, "table", jax.devices()[:n])
+            for n in sorted({1, jax.device_count()})
+        }
         write_results(out, results)
 
 
@@ -199,11 +204,10 @@ def write_results(out: Path, results: dict) -> None:
             f"{t['useful_gflops']:.1f} ({100 * t['useful_gflops'] / matmul:.0f} %) | | | | |"
         )
     if "eval_protocol_seconds" in results:
-        lines += [
-            "",
-            f"Evaluation protocol (10,000 digits x 400 steps, table): "
-            f"{results['eval_protocol_seconds']:.0f} s",
-        ]
+        seconds = results["eval_protocol_seconds"]
+        lines += ["", "Evaluation protocol (10,000 digits x 400 steps, table): " + ", ".join(
+            f"{t:.0f} s on {n} device(s) (x{seconds[1] / t:.2f})" for n, t in seconds.items()
+        )]  # fmt: skip
     lines += [
         "",
         "Dense-equivalent GFLOP/s count the model's FLOPs (44,640 per cell update forward, x3 "

@@ -95,10 +95,17 @@ def gradient_step(
     metrics: `train/loss`, `train/grad_norm` (global, before any clipping or normalisation) and,
     given the learning-rate `schedule`, `train/lr` (the rate this step used)."""
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    metrics = step_metrics(state, loss, grads, schedule)
+    return state.apply_gradients(grads, optimizer), aux, metrics
+
+
+def step_metrics(state: TrainState, loss, grads, schedule: optax.Schedule | None = None) -> dict:
+    """`gradient_step`'s metrics for a step from `state` with `loss` and its `grads`, for a
+    trainer that computes its gradients itself."""
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads)}
     if schedule is not None:
         metrics["train/lr"] = schedule(state.step)
-    return state.apply_gradients(grads, optimizer), aux, metrics
+    return metrics
 
 
 @dataclasses.dataclass(frozen=True)

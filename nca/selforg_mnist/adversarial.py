@@ -28,11 +28,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from nca import loop
 from nca.config import ConfigError
-from nca.selforg_mnist import fast, losses, model
+from nca.selforg_mnist import evaluate, fast, losses, model
 
 
 def adversary_mask(key: jax.Array, shape: tuple[int, int, int], fraction: float) -> jax.Array:
@@ -188,24 +187,24 @@ def attack_batch(params, other, images, labels, key, fraction, *, num_steps, aft
 def evaluate_attack(
     params, other, images, labels, fraction: float, *, num_steps: int = 200, after: int = 200,
     target: int = 8, fire_rate: float = 0.5, noise_std: float = 0.0, batch_size: int = 1000,
-    seed: int = 0, impl: str = "auto", progress: bool = True,
+    seed: int = 0, impl: str = "auto", progress: bool = True, devices=None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """The attack over `images` (grey, `(N, 28, 28)`) in batches: curves of `ATTACK_CURVES`,
     `(num_steps + after,)`; the adversaries are removed after index `num_steps - 1`.
     target_votes: share of the original's alive cells (of non-`target` digits) voting
     `target`; target_agreement: share of non-`target` digits all of whose counted cells vote
-    it; accuracy: share of those cells voting the true label."""
-    totals = None
-    num_batches = -(-len(images) // batch_size)
-    for b in tqdm(range(num_batches), desc=f"attack {fraction:g}", disable=not progress):
-        idx = slice(b * batch_size, (b + 1) * batch_size)
-        sums = attack_batch(
-            params, other, images[idx], labels[idx], jax.random.PRNGKey(seed * 100_003 + b),
-            fraction, num_steps=num_steps, after=after, target=target, fire_rate=fire_rate,
-            noise_std=noise_std, impl=impl,
+    it; accuracy: share of those cells voting the true label. The batches run side by side on
+    `devices` (`evaluate.sum_over_batches`), with the same numbers on any number."""
+
+    def run(b, idx, device):
+        arrays = (params, other, images[idx], labels[idx], jax.random.PRNGKey(seed * 100_003 + b))
+        return attack_batch(
+            *jax.device_put(arrays, device), fraction, num_steps=num_steps, after=after,
+            target=target, fire_rate=fire_rate, noise_std=noise_std, impl=impl,
         )  # fmt: skip
-        sums = jax.device_get(sums)
-        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+
+    desc = f"attack {fraction:g}" if progress else None
+    totals = evaluate.sum_over_batches(run, len(images), batch_size, devices=devices, desc=desc)
     cells = np.maximum(totals["cells"], 1).astype(np.float64)
     return {
         "target_votes": totals["target_cells"] / cells,

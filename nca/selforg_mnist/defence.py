@@ -116,10 +116,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
             pool_labels=state.pool_labels.at[idx].set(y),
             pool_masks=state.pool_masks.at[idx].set(mask),
         )
-        metrics = {
-            "train/loss": loss,
-            "train/grad_norm": optax.tree.norm(grads),
-            "train/lr": schedule(state.step),
+        metrics = loop.step_metrics(state, loss, grads, schedule) | {
             "train/adversary_loss": attack_loss,
             "train/attacked_share": jnp.mean(jnp.any(mask, axis=(1, 2, 3))),
         }

@@ -141,6 +141,27 @@ def evaluate(params: model.Params, images: np.ndarray, labels: np.ndarray, *,
     return evaluate_variants(params, images, labels, variants=(variant,), **kwargs)[variant]
 
 
+def sum_over_batches(run, num_items: int, batch_size: int, *, devices=None, desc=None):
+    """The sum over the contiguous batches `idx` (index arrays) of `num_items` of
+    `run(b, idx, device)`, batch `b`'s pytree of sums computed on `device`. The batches run side by
+    side on `devices` (default: every local device; on a CPU one per core with
+    `jax_num_cpu_devices`) and are summed in batch order, so with a key per batch the totals do
+    not depend on the number of devices. `desc`: the progress bar's title (None: no bar)."""
+    devices = devices or jax.local_devices()
+    num_batches = -(-num_items // batch_size)
+    totals = None
+    with tqdm(total=num_batches, desc=desc, disable=desc is None) as bar:
+        for first in range(0, num_batches, len(devices)):
+            pending = [  # dispatched at once, so the devices run their batches concurrently
+                run(b, np.arange(b * batch_size, min((b + 1) * batch_size, num_items)), device)
+                for b, device in zip(range(first, num_batches), devices, strict=False)
+            ]
+            for sums in jax.device_get(pending):
+                totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+            bar.update(len(pending))
+    return totals
+
+
 def evaluate_variants(
     params: model.Params,
     images: np.ndarray,
@@ -155,37 +176,27 @@ def evaluate_variants(
     impl: str = "auto",
     exact_randomness: bool = False,
     progress: bool = True,
+    devices: list[jax.Device] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """`evaluate`'s curves for each of `variants`, in one pass: the first `num_steps` steps run
-    once for all of them (the same numbers as evaluating each variant on its own)."""
+    once for all of them (the same numbers as evaluating each variant on its own). The batches
+    run side by side on `devices` (`sum_over_batches`), with the same numbers on any number."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"unknown evaluation variant(s) {unknown}; choose from {VARIANTS}.")
     variants = tuple(dict.fromkeys(variants))
     rng = np.random.default_rng(seed)
-    totals = None
-    num_batches = -(-len(images) // batch_size)
-    desc = f"evaluate ({', '.join(variants)})"
-    for b in tqdm(range(num_batches), desc=desc, disable=not progress):
-        idx = np.arange(b * batch_size, min((b + 1) * batch_size, len(images)))
+
+    def run(b, idx, device):
         # every digit becomes another digit of its batch (a random cyclic shift)
         other = idx[(np.arange(len(idx)) + rng.integers(1, max(len(idx), 2))) % len(idx)]
-        sums = run_batch(
-            params,
-            images[idx],
-            labels[idx],
-            images[other],
-            labels[other],
-            jax.random.PRNGKey(seed * 100_003 + b),
-            num_steps,
-            fire_rate,
-            noise_std,
-            impl,
-            variants,
-            exact_randomness,
-        )
-        sums = jax.device_get(sums)
-        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        arrays = (params, images[idx], labels[idx], images[other], labels[other],
+                  jax.random.PRNGKey(seed * 100_003 + b))  # fmt: skip
+        static = (num_steps, fire_rate, noise_std, impl, variants, exact_randomness)
+        return run_batch(*jax.device_put(arrays, device), *static)
+
+    desc = f"evaluate ({', '.join(variants)})" if progress else None
+    totals = sum_over_batches(run, len(images), batch_size, devices=devices, desc=desc)
     return {variant: _curves(t, len(images)) for variant, t in totals.items()}
 
 

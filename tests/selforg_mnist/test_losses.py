@@ -119,3 +119,44 @@ def test_variants_in_one_pass_are_the_variants_run_alone():
     np.testing.assert_array_equal(both["restart"]["accuracy"][:4], both["persist"]["accuracy"][:4])
     with pytest.raises(ValueError, match="unknown evaluation variant"):
         evaluate.evaluate_variants(params, grey, labels, variants=("both",), **kwargs)
+
+
+def test_batches_on_two_devices_give_one_devices_numbers():
+    """`sum_over_batches` runs the batches side by side on 2 CPU devices: the protocol's curves
+    and the attack's are those of one device (each batch keeps its key), on the `table` path."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import REPO_ROOT
+
+    script = textwrap.dedent("""
+        import jax
+        jax.config.update("jax_num_cpu_devices", 2)
+        import numpy as np
+        from nca.selforg_mnist import adversarial, evaluate
+        from tests.selforg_mnist.test_model import random_digits, random_params
+        params = random_params(jax.random.PRNGKey(0), scale=0.3)
+        other = random_params(jax.random.PRNGKey(5), scale=0.3)
+        grey = np.asarray(random_digits(jax.random.PRNGKey(1), batch=10))
+        labels = np.arange(10) % 10
+        one, both = [jax.devices()[0]], jax.devices()
+        assert len(both) == 2
+        kw = dict(num_steps=3, batch_size=3, noise_std=0.02, progress=False)  # 4 batches, 3 3 3 1
+        got = evaluate.evaluate_variants(params, grey, labels, devices=both, **kw)
+        want = evaluate.evaluate_variants(params, grey, labels, devices=one, **kw)
+        for variant in want:
+            for name in evaluate.CURVES:
+                np.testing.assert_allclose(got[variant][name], want[variant][name], rtol=1e-6)
+        assert want["restart"]["accuracy"].std() > 0
+        got = adversarial.evaluate_attack(params, other, grey, labels, 0.3, devices=both, **kw)
+        want = adversarial.evaluate_attack(params, other, grey, labels, 0.3, devices=one, **kw)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
+        print("two devices ok")
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "two devices ok" in out.stdout
