@@ -19,6 +19,8 @@ Shipped:
 - `l2_noise`, `l2`, `ce`: trained with this codebase; `l2_noise` is seed 0 of the article's full
   100k-iteration schedule, `l2` and `ce` the 20k schedule (`l2:20k`, `ce:20k`); their `.json`
   gives the schedule and the full-test-set evaluation.
+- `adversary_eight`: our adversary against the shipped `l2_noise` (`configs/adversary_eight.py`,
+  the notebook's recipe, 50k iterations); like `distill_adversary_eight`, not a classifier.
 """
 
 from __future__ import annotations
