@@ -11,8 +11,7 @@ adversaries act from step 0, are removed after `--steps`, and the CA runs `--aft
 Writes `<out>/attack.json` (every curve), `attack.md` (the table at both times), `attack.png`
 and `attack_video.gif` / `.mp4` (adversarial cells black while they act). Measured: the share of
 the original's alive cells (of non-target digits) voting the target, the share of those digits
-agreeing on it, and the cells' accuracy on the true label. `--cpu_devices=2` runs two batches at
-a time, one per core, with the same numbers.
+agreeing on it, and the cells' accuracy on the true label.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ _VIDEO = flags.DEFINE_integer("video_digits", 16, "Digits in attack_video.gif/.m
                               lower_bound=0)  # fmt: skip
 _VIDEO_FRACTION = flags.DEFINE_float("video_fraction", 0.1, "Adversary share in the video.",
                                      lower_bound=0, upper_bound=1)  # fmt: skip
-cli.define_cpu_devices("On a CPU: run this many batches side by side, one per core.")
 _OUT = flags.DEFINE_string("out", None, "Folder for attack.{json,md,png}.")
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
 flags.mark_flags_as_required(["out"])

@@ -6,7 +6,6 @@
     python -m experiments.evaluate --workdir=DIR --variant=restart --variant=persist  # one pass
     python -m experiments.evaluate --workdir=DIR --checkpoint_step=50000  # an older checkpoint
     python -m experiments.evaluate --model=distill_l2_noise --out=eval_distill   # shipped weights
-    python -m experiments.evaluate --workdir=DIR --cpu_devices=2  # both cores, the same numbers
     python -m experiments.evaluate --result=workdirs/ce/eval_restart.json \
         --result=workdirs/l2_noise/eval_restart.json --out=eval_all   # compare earlier results
 
@@ -57,7 +56,6 @@ _IMPL = flags.DEFINE_string("impl", "auto", "CA implementation (nca/selforg_mnis
 _EXACT = flags.DEFINE_bool(
     "exact_randomness", False, "`alive`: draw the masks and noise that `conv` draws (slower)."
 )
-cli.define_cpu_devices("On a CPU: run this many batches side by side, one per core.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random masks, noise and resampling.",
                              lower_bound=0)  # fmt: skip
 _OUT = flags.DEFINE_string(
