@@ -7,7 +7,10 @@ import gzip
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +80,12 @@ requires_shared = pytest.mark.skipif(
     not (SHARED_MNIST.is_dir() and SHARED_MODEL.is_file()),
     reason="needs ../shared (real MNIST and the published Distill weights)",
 )
+
+
+def run_python(script: str) -> str:
+    """`script` (dedented) in a fresh interpreter at the repository root, e.g. one that sets its
+    own `jax_num_cpu_devices` before JAX starts; asserts it exits 0 and returns its stdout."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout

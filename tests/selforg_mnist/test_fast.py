@@ -1,10 +1,7 @@
 """The fast paths compute the same function as the reference `model.step` rollout, with grads."""
 
 import functools
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +9,9 @@ import numpy as np
 import pytest
 
 from nca.selforg_mnist import fast, losses, model
+from tests.conftest import run_python
 from tests.selforg_mnist.test_model import random_digits, random_params
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = jax.random.PRNGKey(3)
 EXACT = {
     "im2col": fast.get_rollout("im2col"),
@@ -281,8 +278,4 @@ def test_per_device_rollout_splits_the_batch_and_draws_per_device():
         assert not np.allclose(final[:2], final[2:])
         print("per-device ok")
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "per-device ok" in out.stdout
+    assert "per-device ok" in run_python(script)

@@ -124,13 +124,9 @@ def test_variants_in_one_pass_are_the_variants_run_alone():
 def test_batches_on_two_devices_give_one_devices_numbers():
     """`sum_over_batches` runs the batches side by side on 2 CPU devices: the protocol's curves
     and the attack's are those of one device (each batch keeps its key), on the `table` path."""
-    import subprocess
-    import sys
-    import textwrap
+    from tests.conftest import run_python
 
-    from tests.conftest import REPO_ROOT
-
-    script = textwrap.dedent("""
+    script = """
         import jax
         jax.config.update("jax_num_cpu_devices", 2)
         import numpy as np
@@ -154,9 +150,5 @@ def test_batches_on_two_devices_give_one_devices_numbers():
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
         print("two devices ok")
-    """)
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "two devices ok" in out.stdout
+    """
+    assert "two devices ok" in run_python(script)

@@ -1,8 +1,6 @@
 """The training step, pool semantics, resume, and data parallelism."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -13,7 +11,7 @@ import pytest
 from nca import checkpoint, loop
 from nca.config import ConfigError, load_config
 from nca.selforg_mnist import model, pretrained, train
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_python
 
 
 def tiny_config(mnist_dir, spec="l2_noise:smoke", **overrides):
@@ -168,11 +166,7 @@ def test_four_devices_compute_the_same_loss_as_one(mnist_dir, impl, randomness):
         np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p4)
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "losses" in out.stdout
+    assert "losses" in run_python(script)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
