@@ -4,6 +4,8 @@
         --out=docs/selforg_mnist/adversarial/distill
     python -m experiments.attack --workdir=workdirs/l2_noise --adversary=distill_adversary_eight \
         --fractions=0.1 --num_digits=1000 --out=/tmp/attack
+    python -m experiments.attack --model=l2_noise --adversary=workdirs/adversary_eight \
+        --adversary_step=10000 --fractions=0.1 --num_digits=1000 --out=/tmp/attack_10k
 
 For each adversary fraction, a fresh random mask per batch marks that share of the cells as
 the adversary's (Randazzo et al., Distill 2021; nca/selforg_mnist/adversarial.py); the
@@ -28,6 +30,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The attacked model's training w
 _MODEL = flags.DEFINE_string("model", None, "The attacked model, shipped (e.g. distill_l2_noise).")
 _ADVERSARY = flags.DEFINE_string(
     "adversary", "distill_adversary_eight", "The adversary: a shipped name or a workdir."
+)
+_ADVERSARY_STEP = flags.DEFINE_integer(
+    "adversary_step",
+    None,
+    "An --adversary workdir's checkpoint of this training iteration (default: its newest).",
+    lower_bound=0,
 )
 _FRACTIONS = flags.DEFINE_list("fractions", ["0", "0.02", "0.05", "0.1", "0.2"],
                                "Shares of the cells that are adversarial.")  # fmt: skip
@@ -62,7 +70,9 @@ def main(argv):
     cli.reject_positional(argv)
     shares = fractions()
     attacked = cli.load_one_model(_WORKDIR.value, _MODEL.value)
-    adversary = cli.load_shipped_or_workdir(_ADVERSARY.value)
+    adversary = cli.load_shipped_or_workdir(
+        _ADVERSARY.value, _ADVERSARY_STEP.value, "adversary_step"
+    )
     images, labels = data.load_mnist("test", _DATA.value)
     n = _NUM_DIGITS.value
     result = adversarial.attack_report(

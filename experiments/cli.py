@@ -112,10 +112,14 @@ def load_one_model(workdir: str | None, model_name: str | None, default: str | N
     return load_models([workdir] if workdir else [], names)[0]
 
 
-def load_shipped_or_workdir(value: str) -> dict:
-    """A model given as a shipped name or as a workdir path (flags such as `--adversary`)."""
-    is_dir = Path(value).is_dir()
-    return load_one_model(value if is_dir else None, None if is_dir else value)
+def load_shipped_or_workdir(value: str, step: int | None = None, flag: str = "step") -> dict:
+    """A model given as a shipped name or as a workdir path (flags such as `--adversary`);
+    `step`: the workdir's checkpoint of that training iteration (`flag` names it in errors)."""
+    if not Path(value).is_dir():
+        if step is not None:
+            raise InputError(f"--{flag} needs a workdir, not the shipped model {value!r}.")
+        return load_one_model(None, value)
+    return load_models([value], [], step)[0]
 
 
 def config_name(config_filename: str) -> str:

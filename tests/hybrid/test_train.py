@@ -279,3 +279,36 @@ def test_local_gate_convolution_is_lax_conv():
     p = models._conv(jax.random.PRNGKey(0), 3, 16, 8)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 16))
     np.testing.assert_allclose(models._conv3x3_im2col(p, x), models._apply_conv(p, x), atol=1e-5)
+
+
+def _ca_update_grouped_conv(p, s):
+    """The CA update written plainly: depthwise 3x3 as a grouped `lax.conv`, then two 1x1 layers."""
+    c, mult = p["dw"].shape[2:]
+    kernel = p["dw"].reshape(3, 3, 1, c * mult)  # HWIO, output channel c * mult + m
+    y = jax.lax.conv_general_dilated(
+        s, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
+    )
+    y = y + p["dw_b"]
+    y = jax.nn.relu(models._apply_dense(p["mix"], jax.nn.relu(y)))
+    return models._apply_dense(p["out"], y)
+
+
+def test_ca_update_is_a_grouped_convolution_values_and_gradients(params):
+    """`ca_update`'s multiplier-major depthwise layout computes the grouped convolution's
+    function (weights in `lax.conv`'s channel order), values and gradients, with every weight
+    non-zero and distinct per channel and multiplier."""
+    p = jax.tree.map(lambda x: x, params["hybrid_ca_only"]["ca"])
+    keys = jax.random.split(jax.random.PRNGKey(2), 4)
+    p["dw_b"] = jax.random.normal(keys[0], p["dw_b"].shape)
+    p["out"]["w"] = jax.random.normal(keys[1], p["out"]["w"].shape) * 0.1
+    p["mix"]["b"] = jax.random.normal(keys[2], p["mix"]["b"].shape) * 0.1
+    s = jax.random.normal(keys[3], (2, 32, 32, 16))
+    np.testing.assert_allclose(models.ca_update(p, s), _ca_update_grouped_conv(p, s), atol=1e-5)
+
+    def loss(f):
+        return lambda p, s: jnp.sum(jnp.sin(f(p, s)))
+
+    got = jax.grad(loss(models.ca_update), argnums=(0, 1))(p, s)
+    want = jax.grad(loss(_ca_update_grouped_conv), argnums=(0, 1))(p, s)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

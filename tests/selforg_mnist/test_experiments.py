@@ -370,3 +370,18 @@ def test_attack_writes_the_table_and_curves_and_rejects_bad_fractions(
 
     out = run(module("attack", *args, "--fractions=0.1,2"))
     assert out.returncode == 1 and "error: --fractions must lie in [0, 1]" in out.stderr
+
+
+def test_attack_by_an_older_checkpoint_of_an_adversary_workdir(smoke_workdir, mnist_dir, tmp_path):
+    args = ["--model=distill_l2_noise", f"--mnist_dir={mnist_dir}", "--num_digits=8",
+            "--steps=3", "--after=0", "--batch_size=8", "--fractions=0.5",
+            "--video_digits=0", f"--out={tmp_path}"]  # fmt: skip
+    out = run(module("attack", *args, f"--adversary={smoke_workdir}", "--adversary_step=4"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{smoke_workdir.name}: l2_noise:smoke @ 4" in (tmp_path / "attack.md").read_text()
+    bad_runs = ((smoke_workdir, 3, "no checkpoint for step 3"),
+                ("distill_adversary_eight", 4, "needs a workdir"))  # fmt: skip
+    for adversary, step, message in bad_runs:
+        out = run(module("attack", *args, f"--adversary={adversary}", f"--adversary_step={step}"))
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert message in out.stderr.strip().splitlines()[-1], out.stderr

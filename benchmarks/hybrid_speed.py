@@ -1,0 +1,136 @@
+"""Training-step speed of the hybrid restorer family (nca/hybrid), and what the blog's budget costs.
+
+    python -m benchmarks.hybrid_speed [--out=benchmarks/results] [--batch=64] [--repeats=5]
+
+Times one jitted training step (`nca.hybrid.train.make_train_step`: corruption, the restorer,
+MSE, gradients, Adam) at the blog's batch for the CA only, the hybrid (global gate), the local
+gate and the CNN autoencoder. For the lattice models it times the CA update as shipped
+(`models.ca_update`, multiplier-major depthwise layout) against the baseline it replaced (the
+same function with a trailing `(C, mult)` pair of axes), interleaved in the same run, and prints
+the ratio. The blog's budget (40k steps) in core-hours follows from the measured step. Results
+go to `<out>/hybrid_speed.json` and `.md`; pin it to cores with `taskset` to measure one core.
+Never run by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from nca.config import load_config
+from nca.hybrid import models, train
+
+_OUT = flags.DEFINE_string("out", "benchmarks/results", "Folder for the JSON and Markdown.")
+_BATCH = flags.DEFINE_integer("batch", 64, "Digits per training step (the blog's 64).", 1)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per row and round.", 1)
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Interleaved rounds; the best is reported.", 1)
+
+BLOG_STEPS = 40_000
+CONFIGS = {
+    "CA only": "hybrid_ca_only",
+    "hybrid (global gate)": "hybrid",
+    "hybrid (local gate)": "hybrid:gate_local",
+    "CNN autoencoder": "cnn_autoencoder",
+}
+SHIPPED_CA_UPDATE = models.ca_update
+
+
+def ca_update_trailing_axes(p, s):
+    """The baseline: the depthwise 3x3 as multiply-adds over a trailing `(C, mult)` pair of axes
+    (the code before the multiplier-major layout; same function)."""
+    b, h, w, c = s.shape
+    sp = jnp.pad(s, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = sum(
+        sp[:, i : i + h, j : j + w, :, None] * p["dw"][i, j] for i in range(3) for j in range(3)
+    )
+    y = jax.nn.relu(y.reshape(b, h, w, -1) + p["dw_b"])
+    y = jax.nn.relu(models._apply_dense(p["mix"], y))
+    return models._apply_dense(p["out"], y)
+
+
+def compiled_step(config_name, batch_size, ca_update):
+    """A jitted training step with `ca_update` traced in, and its first arguments."""
+    config = load_config(config_name)
+    config.batch_size = batch_size
+    models.ca_update = ca_update
+    try:
+        step = jax.jit(train.make_train_step(config))
+        state = train.init_train_state(config)
+        images = jax.random.uniform(jax.random.PRNGKey(1), (batch_size, 28, 28))
+        batch = {"images": images, "labels": jnp.zeros((batch_size,), jnp.int32)}
+        step = step.lower(state, batch, jax.random.PRNGKey(2)).compile()
+    finally:
+        models.ca_update = SHIPPED_CA_UPDATE
+    return step, state, batch
+
+
+def seconds_per_step(compiled, repeats):
+    step, state, batch = compiled
+    jax.block_until_ready(step(state, batch, jax.random.PRNGKey(0)))
+    start = time.perf_counter()
+    for i in range(repeats):
+        out = step(state, batch, jax.random.PRNGKey(i))
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / repeats
+
+
+def main(argv):
+    del argv
+    rows = {}
+    for name, config_name in CONFIGS.items():
+        rows[name] = {"shipped": compiled_step(config_name, _BATCH.value, SHIPPED_CA_UPDATE)}
+        if name != "CNN autoencoder":
+            rows[name]["baseline"] = compiled_step(
+                config_name, _BATCH.value, ca_update_trailing_axes
+            )
+    best = {name: {variant: float("inf") for variant in r} for name, r in rows.items()}
+    for _ in range(_ROUNDS.value):  # interleaved, so a slow spell of the machine hits every row
+        for name, variants in rows.items():
+            for variant, compiled in variants.items():
+                seconds = seconds_per_step(compiled, _REPEATS.value)
+                best[name][variant] = min(best[name][variant], seconds)
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} core(s) available, JAX {jax.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "batch": _BATCH.value,
+        "rows": {},
+    }
+    lines = [
+        f"Hybrid family, one training step at batch {_BATCH.value} ({results['machine']}, "
+        f"{results['date']}); best of {_ROUNDS.value} interleaved rounds of {_REPEATS.value}.",
+        "",
+        "| model | s / step | baseline s / step | speed-up | blog budget (40k steps), core-h |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, b in best.items():
+        cores = len(os.sched_getaffinity(0))
+        row = {
+            "seconds_per_step": b["shipped"],
+            "baseline_seconds_per_step": b.get("baseline"),
+            "blog_budget_core_hours": b["shipped"] * BLOG_STEPS * cores / 3600,
+        }
+        results["rows"][name] = row
+        base = f"{row['baseline_seconds_per_step']:.3f}" if "baseline" in b else "-"
+        ratio = f"x{b['baseline'] / b['shipped']:.2f}" if "baseline" in b else "-"
+        lines.append(
+            f"| {name} | {b['shipped']:.3f} | {base} | {ratio} | "
+            f"{row['blog_budget_core_hours']:.1f} |"
+        )
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hybrid_speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "hybrid_speed.md").write_text(markdown)
+
+
+if __name__ == "__main__":
+    app.run(main)
