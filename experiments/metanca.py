@@ -2,7 +2,7 @@
 training workdirs. Each writes `<name>.json`, `<name>.md` and (except accuracy) `<name>.png` into
 --out (default: the workdir).
 
-python -m experiments.metanca --experiment=accuracy,grid,baseline,zero_out \
+python -m experiments.metanca --experiment=training,accuracy,grid,baseline,zero_out \
     --workdir=/root/runs/metanca_mnist --out=docs/metanca/mnist
 python -m experiments.metanca --experiment=accuracy,stability,zero_out,baseline \
     --workdir=/root/runs/metanca_iris --nopool_workdir=/root/runs/metanca_iris_nopool \

@@ -11,6 +11,9 @@ zero_out:   grow, zero one layer and 30 % of the other weights, keep growing; th
             with damage.
 baseline:   the same task nets trained by Adam for the same number of steps, and for as many
             steps as Adam takes in the rule's time.
+training:   the meta-loss against meta-steps (from the workdir's metrics.jsonl), per training
+            architecture, and whether it is flat over the last 10 % of the meta-steps
+            (`loss_flat`): converged, in issue 19's sense.
 
 `experiments/metanca.py` is the command.
 """
@@ -414,6 +417,68 @@ def run_baseline(m, d, s: Settings) -> report.Report:
     return report.Report("baseline", result, table, fig)
 
 
+FLAT_TAIL = 0.1  # the last 10 % of the meta-steps run ...
+FLAT_TOLERANCE = 0.02  # ... lose at most 2 % of the loss of the 10 % before them
+
+
+def loss_flat(steps, loss, tail: float = FLAT_TAIL, tol: float = FLAT_TOLERANCE) -> dict:
+    """Whether a meta-loss curve is flat: the mean loss over the last `tail` share of the steps
+    run is at most `tol` (relative) below its mean over the `tail` before them. Returns both
+    means, the relative drop and the verdict (False with under 10 logged points per window)."""
+    steps, loss = np.asarray(steps), np.asarray(loss)
+    last = steps[-1]
+    late = steps > last * (1 - tail)
+    before = (steps > last * (1 - 2 * tail)) & ~late
+    if late.sum() < 10 or before.sum() < 10:
+        return {"flat": False, "late": None, "before": None, "drop": None}
+    late_mean, before_mean = float(loss[late].mean()), float(loss[before].mean())
+    drop = (before_mean - late_mean) / before_mean
+    return {"flat": bool(drop <= tol), "late": late_mean, "before": before_mean, "drop": drop}
+
+
+def run_training(m, d, s: Settings) -> report.Report:
+    """The meta-loss curve of the workdir's run and whether it has flattened (`loss_flat`)."""
+    del d, s
+    path = Path(m["workdir"]) / "metrics.jsonl"
+    rows = [r for r in map(json.loads, path.read_text().splitlines()) if "train/loss" in r]
+    if not rows:
+        raise CheckpointError(f"{path} has no train/loss: was this workdir trained?")
+    steps = np.array([r["step"] for r in rows])
+    curves = {"all": [r["train/loss"] for r in rows]}
+    for key in sorted(k for k in rows[-1] if k.startswith("train/loss_")):
+        curves[key.removeprefix("train/loss_")] = [r.get(key, np.nan) for r in rows]
+    verdict = loss_flat(steps, curves["all"])
+    accuracy = np.array([r.get("train/accuracy", np.nan) for r in rows])
+    tail = steps > steps[-1] * (1 - FLAT_TAIL)
+    result = {"source": source(m), "steps": steps.tolist(), "loss": curves, **verdict,
+              "tail": FLAT_TAIL, "tolerance": FLAT_TOLERANCE,
+              "batch_accuracy_last_tail": float(np.nanmean(accuracy[tail]))}  # fmt: skip
+    fig, ax = report.figure(figsize=(7, 4))
+    window = max(1, len(steps) // 100)  # a running mean over 1 % of the points
+    kernel = np.ones(window) / window
+    for name, values in curves.items():
+        smooth = np.convolve(values, kernel, mode="valid")
+        label = "mean over architectures" if name == "all" else f"[{name.replace('-', ', ')}]"
+        ax.plot(steps[window - 1 :], smooth, lw=2 if name == "all" else 0.8, label=label)
+    ax.axvspan(steps[-1] * (1 - 2 * FLAT_TAIL), steps[-1] * (1 - FLAT_TAIL), color="0.9")
+    ax.axvspan(steps[-1] * (1 - FLAT_TAIL), steps[-1], color="0.8")
+    ax.set_yscale("log")
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel(f"meta-loss (running mean of {window} logged points)")
+    ax.legend(fontsize=7)
+    drop = "n/a" if verdict["drop"] is None else f"{100 * verdict['drop']:.1f} %"
+    table = (
+        f"Meta-loss of {m['config'].name} @ {m['step']}: mean over the last "
+        f"{FLAT_TAIL:.0%} of the meta-steps (dark band) against the {FLAT_TAIL:.0%} before "
+        f"(light band); flat if it fell by at most {FLAT_TOLERANCE:.0%}.\n\n"
+        "| before | last | drop | flat | batch accuracy, last |\n|---|---|---|---|---|\n"
+        f"| {verdict['before'] or float('nan'):.4f} | {verdict['late'] or float('nan'):.4f} | "
+        f"{drop} | {'yes' if verdict['flat'] else 'no'} | "
+        f"{result['batch_accuracy_last_tail']:.3f} |"
+    )
+    return report.Report("training", result, table, fig)
+
+
 RUNS = {"accuracy": run_accuracy, "grid": run_grid, "stability": run_stability,
-        "zero_out": run_zero_out, "baseline": run_baseline}  # fmt: skip
+        "zero_out": run_zero_out, "baseline": run_baseline, "training": run_training}  # fmt: skip
 EXPERIMENTS = tuple(RUNS)

@@ -32,6 +32,18 @@ def test_stability_metric_by_hand():
     assert got == {"min_loss": 1.0, "steps_to_train": 2, "longest_within_10pct": 3}
 
 
+def test_loss_flat_compares_the_last_tenth_with_the_tenth_before():
+    steps = np.arange(1, 201)  # last 10 %: steps 181-200; the 10 % before: 161-180
+    falling = np.where(steps > 180, 0.95, 1.0)  # 5 % lower in the last tenth
+    got = experiments.loss_flat(steps, falling)
+    assert not got["flat"] and got["drop"] == pytest.approx(0.05)
+    assert got["before"] == pytest.approx(1.0) and got["late"] == pytest.approx(0.95)
+    assert experiments.loss_flat(steps, np.where(steps > 180, 0.99, 1.0))["flat"]
+    assert experiments.loss_flat(steps, np.where(steps > 180, 1.2, 1.0))["flat"]  # rising
+    short = experiments.loss_flat(steps[:50], falling[:50])  # 5 points a window: too few
+    assert not short["flat"] and short["drop"] is None
+
+
 @pytest.mark.slow
 def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     workdir = tmp_path / "mnist"
@@ -54,8 +66,11 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     settings = experiments.Settings(
         nets=2, grid_nets=2, grid_sizes=(10,), damage_at=3, after_steps=3
     )
-    for name in ("grid", "zero_out", "baseline"):
+    for name in ("grid", "zero_out", "baseline", "training"):
         report.write(out, experiments.RUNS[name](m, d, settings), log=lambda *_: None)
+    training = json.loads((out / "training.json").read_text())
+    assert training["steps"] == [2, 3, 4, 6] and not training["flat"]  # too short to say
+    assert set(training["loss"]) == {"all", "784-8-10", "784-c2-c3-10"}
     ref_file = tmp_path / "abstract.json"
     ref_file.write_text(json.dumps({"sizes": [10], "accuracy": [[0.25]], "source": "abstract"}))
     compared = experiments.run_grid(
@@ -74,7 +89,7 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     zero = json.loads((out / "zero_out.json").read_text())
     curve = zero["runs"]["trained without damage"]["archs"][0]["curve"]
     assert len(curve) == 3 + 3 + 1
-    for name in ("grid", "zero_out", "baseline"):
+    for name in ("grid", "zero_out", "baseline", "training"):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.md").exists()
     baseline = json.loads((out / "baseline.json").read_text())
     assert [a["arch"] for a in baseline["archs"]] == [[784, 8, 10], [784, "c2", "c3", 10],
