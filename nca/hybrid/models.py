@@ -130,9 +130,9 @@ def ca_update(p: Params, s: jax.Array) -> jax.Array:
     The depthwise 3x3 (output channel `c * mult + m`, as `lax.conv` with `feature_group_count=C`
     orders it; `tests/hybrid` checks it against that) is nine shifted multiply-adds per
     multiplier `m`, each over all C channels, concatenated multiplier-major; the bias and the
-    mix layer's rows are permuted to match. On a CPU this is 1.5-1.6x faster to train than
-    multiply-adds over a trailing `(C, mult)` pair of axes (whose backward pass made XLA loop
-    over a minor axis of 2), and grouped `lax.conv` is far slower still.
+    mix layer's rows are permuted to match. On a CPU this trains 1.5-2.1x faster than
+    multiply-adds over a trailing `(C, mult)` pair of axes, whose backward pass made XLA loop
+    over a minor axis of 2 (`benchmarks/hybrid_speed`); grouped `lax.conv` is far slower still.
     """
     b, h, w, c = s.shape
     mult = p["dw"].shape[-1]
