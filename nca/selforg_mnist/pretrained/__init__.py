@@ -21,6 +21,8 @@ Shipped:
   gives the schedule and the full-test-set evaluation.
 - `adversary_eight`: our adversary against the shipped `l2_noise` (`configs/adversary_eight.py`,
   the notebook's recipe, 50k iterations); like `distill_adversary_eight`, not a classifier.
+- `adversary_eight_vs_distill`: ours against the published `distill_l2_noise`, the same recipe
+  and length (`--config.adversary.original=distill_l2_noise`).
 """
 
 from __future__ import annotations
