@@ -96,9 +96,10 @@ def main(argv):
             for variant, compiled in variants.items():
                 seconds = seconds_per_step(compiled, _REPEATS.value)
                 best[name][variant] = min(best[name][variant], seconds)
+    cores = len(os.sched_getaffinity(0))
     results = {
         "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} core(s) available, JAX {jax.__version__}",
+        f"{cores} core(s) available, JAX {jax.__version__}",
         "date": time.strftime("%Y-%m-%d"),
         "batch": _BATCH.value,
         "rows": {},
@@ -111,7 +112,6 @@ def main(argv):
         "| --- | --- | --- | --- | --- |",
     ]
     for name, b in best.items():
-        cores = len(os.sched_getaffinity(0))
         row = {
             "seconds_per_step": b["shipped"],
             "baseline_seconds_per_step": b.get("baseline"),

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nca import checkpoint, report
+from nca import workdir as workdir_lib
 from nca.checkpoint import CheckpointError
 from nca.config import ConfigError
 from nca.metanca import data as metanca_data
@@ -439,7 +440,7 @@ def loss_flat(steps, loss, tail: float = FLAT_TAIL, tol: float = FLAT_TOLERANCE)
 def run_training(m, d, s: Settings) -> report.Report:
     """The meta-loss curve of the workdir's run and whether it has flattened (`loss_flat`)."""
     del d, s
-    path = Path(m["workdir"]) / "metrics.jsonl"
+    path = Path(m["workdir"]) / workdir_lib.METRICS_FILE
     rows = [r for r in map(json.loads, path.read_text().splitlines()) if "train/loss" in r]
     if not rows:
         raise CheckpointError(f"{path} has no train/loss: was this workdir trained?")
