@@ -50,6 +50,7 @@ def metanca_config(arg: str | None) -> ml_collections.ConfigDict:
     c.damage_fraction = 0.3
 
     c.num_train_steps = 3000
+    c.init_from = ""  # a training workdir whose newest rule a fresh run starts from (fine-tune)
     c.learning_rate = 1e-3
     c.grad_clip = 1.0
     c.spike_factor = 10.0

@@ -10,7 +10,7 @@
 #       --implementation cp --platform manylinux2014_x86_64 -d .gpu/whl \
 #       ml_collections==1.1.0 tensorboardX pooch platformdirs
 # then, with the device tool: command `bash resume/gpu_lease.sh`, carry [".gpu"], timeout 600;
-# LANES="hybrid" (any of defence, hybrid, metanca) runs fewer lanes, each faster.
+# LANES="hybrid grid" (any of defence, hybrid, metanca, grid) picks the lanes; fewer run faster.
 # Measured on an H200 (2026-12-04, 7 lanes at once): a 40k x 64 hybrid run 63-72 it/s shared,
 # 228 alone; CA only 87 / 141; local gate 71 / 140; autoencoder 177 / 338; the defence game
 # 30-36 it/s; MetaNCA CNN rule 13.5 meta-steps/s.
@@ -49,7 +49,7 @@ lane_defence() {
 }
 
 P=()
-case " ${LANES:=defence hybrid metanca} " in *" defence "*) lane_defence & P+=($!);; esac
+case " ${LANES:=defence hybrid metanca grid} " in *" defence "*) lane_defence & P+=($!);; esac
 case " $LANES " in *" hybrid "*)
   for s in 1 2; do
     train "blog_hybrid_s$s" hybrid:blog_budget --config.seed=$s & P+=($!)
@@ -59,6 +59,12 @@ case " $LANES " in *" hybrid "*)
 esac
 case " $LANES " in *" metanca "*)
   train metanca_mnist_cnn metanca_mnist_cnn:damage --config.num_train_steps=12000 & P+=($!);;
+esac
+case " $LANES " in *" grid "*)  # the MLP rule fine-tuned on the heatmap's corners (issue 19)
+  ( python3 -m experiments.bundle --restore=resume/metanca_mnist_damage.npz \
+      --workdir="$W/metanca_mnist_damage" >"$STAGE/logs/restore_damage.log" 2>&1 &&
+    train metanca_mnist_grid metanca_mnist_grid:damage \
+      --config.init_from="$W/metanca_mnist_damage" --config.curriculum_steps=0 ) & P+=($!);;
 esac
 wait "${P[@]}"
 

@@ -28,6 +28,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from nca import checkpoint, loop
@@ -36,11 +37,13 @@ from nca.config import ConfigError
 from nca.metanca import data as metanca_data
 from nca.metanca import model
 
-RESUMABLE_CHANGES = frozenset({"data.mnist_dir"})  # besides the core's bookkeeping fields
+# Besides the core's bookkeeping fields: where the data is, and init_from (it only decides a
+# fresh run's rule).
+RESUMABLE_CHANGES = frozenset({"data.mnist_dir", "init_from"})
 # Fields added after runs were saved, with the value that means what their absence meant (None:
 # any value, the field is read only by conv layers, which no older run has).
 ADDED_FIELDS = {"model.conv_kernel": None, "model.conv_stride": None,
-                "model.layer_kind_input": False}  # fmt: skip
+                "model.layer_kind_input": False, "init_from": ""}  # fmt: skip
 
 
 def resumable(field: str, old, new, step: int) -> bool:
@@ -133,9 +136,33 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     )
 
 
+def initial_rule(config: ml_collections.ConfigDict, key: jax.Array) -> model.RuleParams:
+    """A fresh rule, or with `config.init_from` the newest rule of that training workdir, to
+    train further on other architectures or settings (a fresh optimiser, pool and step 0)."""
+    fresh = init_rule(config, key)
+    source = config.get("init_from")  # absent in configs saved before it existed
+    if not source:
+        return fresh
+    if not checkpoint.checkpoint_dir(source).is_dir():
+        raise ConfigError(
+            f"init_from {source!r} is not a training workdir (a folder with "
+            f"{checkpoint.CHECKPOINT_SUBDIR}/); restore a bundle into one first: python -m "
+            f"experiments.bundle --restore=BUNDLE --workdir={source}"
+        )
+    source_config, rule, _ = checkpoint.load_params(source)
+    shapes = lambda tree: jax.tree.map(np.shape, tree)  # noqa: E731
+    if source_config.model.kind != config.model.kind or shapes(rule) != shapes(fresh):
+        raise ConfigError(
+            f"init_from {source!r} holds a {source_config.model.kind!r} model with params "
+            f"{shapes(rule)}; this config's rule needs {shapes(fresh)} (same model.code_dims, "
+            f"model.rule_hidden and model.layer_kind_input)."
+        )
+    return jax.tree.map(jnp.asarray, rule)
+
+
 def init_train_state(config: ml_collections.ConfigDict) -> TrainState:
     rng, k_rule, k_pool = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    params = init_rule(config, k_rule)
+    params = initial_rule(config, k_rule)
     pool_keys = jax.random.split(k_pool, len(config.train_archs))
     pools = tuple(
         init_nets(config, arch, jax.random.split(k, config.pool_size))

@@ -196,3 +196,35 @@ def test_fan_in_scaling_makes_the_rule_width_independent():
     scaled = float(logit_scale(wide, True) / logit_scale(narrow, True))
     unscaled = float(logit_scale(wide, False) / logit_scale(narrow, False))
     assert scaled < 15 and unscaled > 30 * scaled, (scaled, unscaled)  # measured: 7.5, 665
+
+
+def test_init_from_starts_a_fresh_run_from_a_trained_rule(tmp_path):
+    """`init_from` copies a workdir's newest rule into a fresh run (step 0, fresh Adam); a rule of
+    another shape, or a folder without checkpoints, is a clear config error."""
+    from nca import checkpoint, loop  # noqa: PLC0415
+    from nca.config import ConfigError  # noqa: PLC0415
+
+    source = metanca_iris.get_config("smoke")  # 8 meta-steps
+    loop.train_and_evaluate(source, tmp_path / "source", progress=False)
+    _, trained, _ = checkpoint.load_params(tmp_path / "source")
+
+    config = metanca_iris.get_config("smoke")
+    with config.unlocked():
+        config.seed = 1
+        config.train_archs = ((4, 3), (4, 7, 3))
+        config.init_from = str(tmp_path / "source")
+    state = metanca_train.init_train_state(config)
+    assert int(state.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, state.params, trained)
+    fresh = metanca_train.init_train_state(metanca_iris.get_config("smoke"))
+    assert not np.array_equal(np.asarray(fresh.params["layers"][0]["kernel"]),
+                              np.asarray(state.params["layers"][0]["kernel"]))  # fmt: skip
+
+    with config.unlocked():
+        config.model.rule_hidden = (8,)
+    with pytest.raises(ConfigError, match="this config's rule needs"):
+        metanca_train.init_train_state(config)
+    with config.unlocked():
+        config.init_from = str(tmp_path)
+    with pytest.raises(ConfigError, match="not a training workdir"):
+        metanca_train.init_train_state(config)
