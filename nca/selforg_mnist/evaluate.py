@@ -64,7 +64,8 @@ def row_metrics(
 ) -> dict[str, jax.Array]:
     """`step_metrics` on the `table` path's rows of alive cells (`fast.table_rollout`'s
     `observe_rows`): previous, rows `(R, 20)` before and after the step (grey 0), image `(R,)`
-    the image of each row (`B`, out of range, on unused rows); `cell` is not needed here."""
+    the image of each row (`B`, out of range, on unused rows); `cell` is not needed here.
+    Unused rows are zero throughout, so the magnitudes sum every row of every channel."""
     del cell
     num_images = labels.shape[0]
     in_use = image < num_images
@@ -74,14 +75,13 @@ def row_metrics(
     per_label = jax.ops.segment_sum(one_hot, image, num_images + 1, indices_are_sorted=True)
     num_counted = per_label.sum(-1)
     agree = (per_label.max(-1) == num_counted) & (num_counted > 0)
-    correct = votes == labels.at[image].get(mode="fill", fill_value=-1)
-    in_use_f = in_use[:, None].astype(rows.dtype)
+    correct = votes == labels.at[image].get(mode="fill", fill_value=-1)  # False if unused
     return {
-        "correct_cells": jnp.sum(correct & in_use),
+        "correct_cells": jnp.sum(correct),
         "alive_cells": jnp.sum(in_use),
         "agreeing_images": jnp.sum(agree[:num_images]),
-        "state_abs": jnp.sum(jnp.abs(rows[:, 1:]) * in_use_f),
-        "update_abs": jnp.sum(jnp.abs(rows[:, 1:] - previous[:, 1:]) * in_use_f),
+        "state_abs": jnp.sum(jnp.abs(rows)),
+        "update_abs": jnp.sum(jnp.abs(rows - previous)),
         "changed_cells": jnp.sum((votes != model.cell_labels(previous)) & in_use),
         "no_vote_images": jnp.sum(num_counted[:num_images] == 0),
     }

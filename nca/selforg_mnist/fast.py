@@ -48,12 +48,23 @@ iteration. Thread wake-ups (futex time was idle waiting), glibc malloc settings 
 iteration (4-11 ms kernel): ~45 % matrix products, ~40 % XLA's fused loops, the threefry draws
 ~12 ms, the inverse-gather ~18 ms. Storing activations instead of recomputing them (164 vs
 144 ms per gradient), the Philox generator (16-23 ms) and `unsafe_rbg` keys (33 ms) were slower.
-In inference the residual noise is the largest cost after the products: 1000 test digits x 100
-steps of `l2_noise` take 26.0 s with its noise and 16.5 s without (one core shared with a
+In inference the residual noise was the largest cost after the products: 1000 test digits x 100
+steps of `l2_noise` took 26.0 s with its noise and 16.5 s without (one core shared with a
 training run), as the 19 normals of every table row cost more than half a row's MLP. threefry
 draws 28 M normals/s at a step's 139k x 19 and 46 M/s at training's 2.4k x 19; `rbg` and
-`unsafe_rbg` keys 13 M/s at both. Drawing noise for the fired rows only would halve it, but
-changes the numbers every documented evaluation drew, so it is not done.
+`unsafe_rbg` keys 13 M/s at both. So each step now draws the noise of its fired rows only, and
+the same numbers: `normal_rows` evaluates threefry at those rows' counters of the whole draw.
+
+Where an inference step went (`jax.profiler` trace of `evaluate.run_batch`, 1000 test digits,
+both cores, 2026-12-04), and what changed, all without changing a number the rollout returns:
+64 -> 48 ms per step. The three products 21.5 ms (the 180 -> 80 layer at about 160 GFLOP/s,
+73 % of the matmul rate); gathering the fired rows' patches 10 ms (kept: the constant patches
+they read are 50 MB a step); the noise 9 ms for every row -> about 5 ms for the fired ones;
+putting the fired rows' updates back 6.3 ms as a gather-and-select over every row -> 0.9 ms as
+a scatter-add of the fired rows alone; the metrics 9.6 ms -> about 3 ms (`row_metrics` sums
+the magnitudes over whole rows, which are zero where unused and in the grey channel, instead
+of slicing and masking them). The full protocol: 258-270 s -> 215 s (1 device), training
+52.7 -> 44.8 ms per gradient of the `l2_noise` batch, bit-identical results in both.
 
 `conv` and `im2col` draw the fire mask and residual noise over the whole grid exactly as
 `model.step` does, so for the same key they run the same trajectory. `alive` and `table` do the
@@ -72,6 +83,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry2x32_p
 from jax.sharding import PartitionSpec as P
 
 from nca.selforg_mnist import model
@@ -277,17 +290,61 @@ def _to_grid(state: jax.Array, table: jax.Array, geo) -> jax.Array:
     return flat.at[geo["grid"], 1:].set(table[:, 1:], mode="drop").reshape(state.shape)
 
 
+def normal_rows(key: jax.Array, index: jax.Array, num_rows: int, width: int) -> jax.Array:
+    """`jax.random.normal(key, (num_rows, width))[index]` (`(len(index), width)`; any value for
+    an out-of-range index), drawing only the rows in `index`. The default `threefry2x32` draws
+    element `i` of a flat array from counter `i` alone (`jax_threefry_partitionable`), so the
+    counters of the chosen rows give their numbers bit for bit, at the cost of those rows only;
+    with another generator, or more than 2**32 elements, the whole array is drawn and
+    gathered. The test checks it against `jax.random.normal`."""
+    raw_threefry = (
+        jax.config.jax_threefry_partitionable
+        and jax.config.jax_default_prng_impl == "threefry2x32"
+        and key.dtype == jnp.uint32
+        and key.shape == (2,)
+        and num_rows * width < 2**32
+    )
+    if not raw_threefry:
+        return _take(jax.random.normal(key, (num_rows, width)), index, 0.0)
+    counter = index.astype(jnp.uint32)[:, None] * width + jnp.arange(width, dtype=jnp.uint32)
+    bits1, bits2 = threefry2x32_p.bind(key[0], key[1], jnp.zeros_like(counter), counter)
+    # `jax.random.uniform(minval=nextafter(-1, 0), maxval=1)` from 32 bits, then `normal`'s
+    # sqrt(2) * erfinv, as jax.random computes them
+    mantissa = jax.lax.shift_right_logical(bits1 ^ bits2, jnp.uint32(32 - 23))
+    one = jnp.uint32(np.float32(1.0).view(np.uint32))
+    floats = jax.lax.bitcast_convert_type(mantissa | one, jnp.float32) - np.float32(1.0)
+    low, high = np.nextafter(np.float32(-1.0), np.float32(0.0)), np.float32(1.0)
+    uniform = jax.lax.max(low, floats * (high - low) + low)
+    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(uniform)
+
+
 def _step_randomness(key_t, state, geo, fire_rate, noise_std, exact_randomness):
-    """The fire mask `(rows,)` and noise `(rows, 19)` of one step (False on unused rows)."""
+    """The fire mask `(rows,)` (False on unused rows) and `noise(index)`, the residual noise
+    `(len(index), 19)` of the table rows `index`: the numbers of a whole draw, computed for
+    those rows only (`normal_rows`), so a step draws noise for the rows that fire alone."""
     rows = geo["grid"].shape[0]
-    if exact_randomness:
-        fire, noise = model.draw_step_randomness(key_t, state.shape, fire_rate, noise_std)
+    k_fire, k_noise = jax.random.split(key_t)  # as `model.draw_step_randomness`
+    if exact_randomness:  # the grid's draws, read at each row's cell
+        fire = jax.random.uniform(k_fire, (*state.shape[:-1], 1)) <= fire_rate
         # Unused rows read a clamped index: they never fire.
         fire = fire.reshape(-1)[geo["grid"]]
-        noise = noise.reshape(-1, model.NUM_MUTABLE)[geo["grid"]]
+        num_draws = state[..., 0].size
+
+        def draw_index(index):
+            return _take(geo["grid"], index, num_draws)
     else:  # the numbers `alive` draws (a prefix of them: same key, fewer rows)
-        fire, noise = model.draw_step_randomness(key_t, (rows, 1), fire_rate, noise_std)
-        fire = fire[:, 0]
+        fire = jax.random.uniform(k_fire, (rows, 1))[:, 0] <= fire_rate
+        num_draws = rows
+
+        def draw_index(index):
+            return index
+
+    def noise(index):
+        if not noise_std:
+            return jnp.zeros((index.shape[0], model.NUM_MUTABLE), jnp.float32)
+        draws = normal_rows(k_noise, draw_index(index), num_draws, model.NUM_MUTABLE)
+        return noise_std * draws
+
     return fire & (geo["grid"] < state[..., 0].size), noise
 
 
@@ -306,29 +363,29 @@ def _mlp_forward(params, kernel, table, const, neighbours):
     return ds, (patches, pre, perception, hidden_pre, hidden)
 
 
-def _row_chunks(const, neighbours, chunk, table_rows):
-    """`(neighbours, const)` split into chunks of `chunk` rows (`_chunked_updates`); padding
-    rows read only zeros (neighbour index `table_rows` is out of range) and are dropped. None if
-    one chunk holds every row."""
+def _row_updates(params, kernel, table, const, neighbours, index=None, chunk=None):
+    """`_mlp_forward`'s updates `(n, 19)` of the table rows `index` (`(n,)`, `rows` where unused;
+    None: every row), computed `chunk` rows at a time (None: in one product), row for row the
+    same products. Each chunk gathers its rows' constant patches and neighbours itself, so
+    neither a whole table of patches (139k rows of 1000 digits: 100 MB) nor the fired rows'
+    constant patches (50 MB) are ever written out: a chunk's patches and activations stay in
+    the CPU's cache, where the 180 -> 80 product runs at about twice the rate of a whole
+    table's (101 vs 57 GFLOP/s on one core)."""
     rows = neighbours.shape[0]
-    if rows <= chunk:
-        return None
-    pad = -rows % chunk
-    neighbours = jnp.pad(neighbours, ((0, pad), (0, 0)), constant_values=table_rows)
-    const = jnp.pad(const, ((0, pad), (0, 0), (0, 0)))
-    return neighbours.reshape(-1, chunk, 9), const.reshape(-1, chunk, *const.shape[1:])
 
+    def of(index):
+        if index is None:
+            return _mlp_forward(params, kernel, table, const, neighbours)[0]
+        row_const, row_neighbours = _take(const, index, 0.0), _take(neighbours, index, rows)
+        return _mlp_forward(params, kernel, table, row_const, row_neighbours)[0]
 
-def _chunked_updates(params, kernel, table, const, neighbours, chunks):
-    """`_mlp_forward`'s updates `(rows, 19)`, computed one of `_row_chunks`' chunks at a time
-    (all at once if `chunks` is None), row for row the same products. One chunk's patches and
-    activations stay in the CPU's cache; a whole table of 1000 digits (139k rows, 100 MB of
-    patches) streams through memory, and its products run at about half the rate of a
-    cache-sized one (57 vs 101 GFLOP/s for the 180 -> 80 layer on one core)."""
-    if chunks is None:
-        return _mlp_forward(params, kernel, table, const, neighbours)[0]
-    ds = jax.lax.map(lambda x: _mlp_forward(params, kernel, table, x[1], x[0])[0], chunks)
-    return ds.reshape(-1, ds.shape[-1])[: neighbours.shape[0]]
+    n = rows if index is None else index.shape[0]
+    if chunk is None or n <= chunk:
+        return of(index)
+    index = jnp.arange(n) if index is None else index
+    index = jnp.pad(index, (0, -n % chunk), constant_values=rows)  # padding reads zeros
+    ds = jax.lax.map(of, index.reshape(-1, chunk))
+    return ds.reshape(-1, ds.shape[-1])[:n]
 
 
 def _on_fired_rows(fire, capacity, on_rows, on_all, expand):
@@ -348,7 +405,7 @@ def _on_fired_rows(fire, capacity, on_rows, on_all, expand):
 
 
 def inference_chunk(rows: int) -> int:
-    """Rows per matrix product in inference (`_chunked_updates`): `INFERENCE_CHUNK` when this
+    """Rows per matrix product in inference (`_row_updates`): `INFERENCE_CHUNK` when this
     process has one core, else all rows. Measured per step of 1000 test digits (139k rows): on
     one core 165 ms in chunks of 1024 against 191 ms unchunked (cache); on two, 82 ms unchunked
     against 113 ms in chunks (XLA splits one large product over the cores, not a small one)."""
@@ -381,38 +438,36 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
         other_rows = mask.reshape(-1).at[geo["grid"]].get(mode="fill", fill_value=False)
     image = geo["grid"] // (state[0, ..., 0].size)
 
-    def updates(table, row_const, neighbours, others, chunks):
-        """The updates `(n, 19)` of `n` rows, given their constant patches, neighbours, and
-        whether the second rule updates them."""
-        ds = _chunked_updates(params, kernel, table, row_const, neighbours, chunks)
+    def updates(table, index, others):
+        """The updates `(n, 19)` of the table rows `index` (None: every row), given whether the
+        second rule updates them; in inference in chunks of `inference_chunk` rows."""
+        n = rows if index is None else index.shape[0]
+        chunk = None if keep else inference_chunk(n)
+        ds = _row_updates(params, kernel, table, const, geo["neighbours"], index, chunk)
         if second_rule is not None:
-            other_ds = _chunked_updates(other, other_kernel, table, row_const, neighbours, chunks)
+            other_ds = _row_updates(other, other_kernel, table, const, geo["neighbours"], index,
+                                    chunk)  # fmt: skip
             ds = jnp.where(others[:, None], other_ds, ds)
         return ds
 
-    def chunks_of(row_const, neighbours):  # inference only (`inference_chunk`)
-        n = neighbours.shape[0]
-        return None if keep else _row_chunks(row_const, neighbours, inference_chunk(n), rows)
-
-    def compact_updates(table, take):
-        row_const, neighbours = take(const, 0.0), take(geo["neighbours"], rows)
-        chunks = chunks_of(row_const, neighbours)
-        return updates(table, row_const, neighbours, take(other_rows, False), chunks)
-
-    all_chunks = chunks_of(const, geo["neighbours"])  # once per rollout
+    row_ids = jnp.arange(rows)
 
     def body(carry, t):
         table, grid = carry
         fire, noise = _step_randomness(
             jax.random.fold_in(key, t), state, geo, fire_rate, noise_std, exact_randomness
         )
-        ds = _on_fired_rows(
-            fire, capacity, functools.partial(compact_updates, table),
-            lambda: updates(table, const, geo["neighbours"], other_rows, all_chunks),
-            lambda ds, position: _take(ds, position, 0.0),
-        )  # fmt: skip
-        update = jnp.where(fire[:, None], ds + noise, 0.0)
-        new = table + jnp.pad(update, ((0, 0), (1, 0)))
+
+        def fired_rows(take):  # only the fired rows compute their updates and draw their noise
+            index = take(row_ids, rows)
+            ds = updates(table, index, take(other_rows, False)) + noise(index)
+            return table.at[index, 1:].add(ds, mode="drop", indices_are_sorted=True)
+
+        def every_row():
+            ds = updates(table, None, other_rows) + noise(row_ids)
+            return table + jnp.pad(jnp.where(fire[:, None], ds, 0.0), ((0, 0), (1, 0)))
+
+        new = _on_fired_rows(fire, capacity, fired_rows, every_row, lambda new, _: new)
         out = {}
         if observe_rows is not None:
             out["observed"] = observe_rows(table, new, image, geo["grid"])

@@ -227,17 +227,22 @@ def test_grid_paths_ignore_observe_rows(impl):
 
 
 def test_chunked_updates_are_the_unchunked_ones():
+    """Every row or some rows (out-of-range slots included), in chunks that gather their own
+    rows (512 rows in chunks of 96: padded to 576), the updates of `_mlp_forward`."""
     params, state, _ = problem()
     geo = fast._geometry(state, 512)
     const = fast._constant_patches(state, geo)
     table = fast._to_table(state, geo) + 0.1 * jax.random.normal(KEY, (512, 20))
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
     want, _ = fast._mlp_forward(params, kernel, table, const, geo["neighbours"])
-    chunks = fast._row_chunks(const, geo["neighbours"], 96, 512)
-    assert chunks[0].shape == (6, 96, 9)  # 512 rows padded to 576
-    got = fast._chunked_updates(params, kernel, table, const, geo["neighbours"], chunks)
-    assert got.shape == want.shape and float(jnp.abs(want).max()) > 0
+    assert float(jnp.abs(want).max()) > 0
+    got = fast._row_updates(params, kernel, table, const, geo["neighbours"], chunk=96)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    index = jnp.array([3, 7, 100, 511, 512, 512] * 20)  # 120 rows: two chunks
+    got = fast._row_updates(params, kernel, table, const, geo["neighbours"], index, chunk=96)
+    assert got.shape == (120, 19)
+    np.testing.assert_allclose(got[:4], want[index[:4]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[100:104], want[index[100:104]], rtol=1e-6, atol=1e-6)
 
 
 def test_auto_and_unknown_impl():
@@ -279,3 +284,19 @@ def test_per_device_rollout_splits_the_batch_and_draws_per_device():
         print("per-device ok")
     """)
     assert "per-device ok" in run_python(script)
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_normal_rows_are_the_rows_of_a_whole_draw(partitionable):
+    """`normal_rows` computes only the chosen rows of `jax.random.normal`'s draw, bit for bit (the
+    counters of those rows; with the other threefry mode, a whole draw); an out-of-range index
+    (a compact table's unused slot) gives some finite value."""
+    index = jnp.array([0, 5, 6, 977, 999, 1000])
+    with jax.threefry_partitionable(partitionable):
+        want = jax.random.normal(KEY, (1000, 19))[index[:-1]]
+        got = fast.normal_rows(KEY, index, 1000, 19)
+    np.testing.assert_array_equal(got[:-1], want)
+    assert bool(jnp.all(jnp.isfinite(got)))
+    typed = jax.random.wrap_key_data(KEY)  # a typed key: the whole draw, gathered
+    want = jax.random.normal(typed, (1000, 19))[index[:-1]]
+    np.testing.assert_array_equal(fast.normal_rows(typed, index[:-1], 1000, 19), want)
