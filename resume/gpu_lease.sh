@@ -41,8 +41,10 @@ train() {  # train NAME CONFIG [overrides]: until done (0) or DEADLINE (1)
 
 lane_defence() {
   train l2_noise_defended l2_noise_defended || return
+  # the adversary's config names its original as the CPU runs do (a changed path is refused)
+  mkdir -p workdirs && ln -sfn "$W/l2_noise_defended" workdirs/l2_noise_defended
   train adversary_def adversary_eight --config.num_train_steps=50000 \
-    --config.adversary.original="$W/l2_noise_defended" || return
+    --config.adversary.original=workdirs/l2_noise_defended || return
   python3 -m experiments.attack --workdir="$W/l2_noise_defended" --adversary="$W/adversary_def" \
     --video_digits=0 --out="$STAGE/attack_defended" >"$STAGE/logs/attack_defended.log" 2>&1
   note "defended attack rc $?"
