@@ -389,17 +389,17 @@ def _row_updates(params, kernel, table, const, neighbours, index=None, chunk=Non
 
 
 def _on_fired_rows(fire, capacity, on_rows, on_all, expand):
-    """One step's computation on its fired rows only: `on_rows(take)` on a compact table of
-    `capacity` rows that `take(array, fill)` gathers along axis 0, then `expand(result,
-    position)` puts it back in table order. `on_all()` (every row) instead if `capacity`
-    covers every row or this step fired more rows than it holds. An unfired row contributes
-    nothing to either pass, so both give the same result."""
+    """One step's computation on its fired rows only: `on_rows(index)` on a compact table of
+    `capacity` rows, `index` the table row of each (`rows`, out of range, where unused), then
+    `expand(result, position)` puts it back in table order. `on_all()` (every row) instead if
+    `capacity` covers every row or this step fired more rows than it holds. An unfired row
+    contributes nothing to either pass, so both give the same result."""
     if capacity >= fire.shape[0]:
         return on_all()
 
     def compact(_):
         index, position = _fired(fire, capacity)
-        return expand(on_rows(lambda array, fill: _take(array, index, fill)), position)
+        return expand(on_rows(index), position)
 
     return jax.lax.cond(jnp.sum(fire) <= capacity, compact, lambda _: on_all(), None)
 
@@ -450,21 +450,18 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
             ds = jnp.where(others[:, None], other_ds, ds)
         return ds
 
-    row_ids = jnp.arange(rows)
-
     def body(carry, t):
         table, grid = carry
         fire, noise = _step_randomness(
             jax.random.fold_in(key, t), state, geo, fire_rate, noise_std, exact_randomness
         )
 
-        def fired_rows(take):  # only the fired rows compute their updates and draw their noise
-            index = take(row_ids, rows)
-            ds = updates(table, index, take(other_rows, False)) + noise(index)
+        def fired_rows(index):  # only the fired rows compute their updates and draw their noise
+            ds = updates(table, index, _take(other_rows, index, False)) + noise(index)
             return table.at[index, 1:].add(ds, mode="drop", indices_are_sorted=True)
 
         def every_row():
-            ds = updates(table, None, other_rows) + noise(row_ids)
+            ds = updates(table, None, other_rows) + noise(jnp.arange(rows))
             return table + jnp.pad(jnp.where(fire[:, None], ds, 0.0), ((0, 0), (1, 0)))
 
         new = _on_fired_rows(fire, capacity, fired_rows, every_row, lambda new, _: new)
@@ -534,7 +531,10 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
         g_table, acc, slots = carry
         table, fire = xs
 
-        def compact(take):  # every row taken fired: its update's cotangent is the table's
+        def compact(index):  # every row taken fired: its update's cotangent is the table's
+            def take(array, fill):
+                return _take(array, index, fill)
+
             row_const, neighbours = take(const, 0.0), take(geo["neighbours"], rows)
             g_fired = take(g_table[:, 1:], 0.0)
             return grads(table, row_const, neighbours, take(other_rows, False), g_fired)
