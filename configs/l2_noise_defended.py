@@ -8,6 +8,13 @@
     python -m experiments.attack --workdir=workdirs/l2_noise_defended \
         --adversary=workdirs/adversary_def --out=docs/selforg_mnist/adversarial/defended
 
+    # or fine-tune the shipped l2_noise against the shipped adversary of it (a fresh optimizer
+    # and pool; both players at 1e-4, as the study's fine-tune)
+    python -m experiments.train --config=l2_noise_defended --config.init_from=l2_noise \
+        --config.defence.adversary_init=adversary_eight --config.learning_rate=1e-4 \
+        --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
+        --workdir=workdirs/l2_noise_defended_ft
+
 The article's recipe for both players (batch 16, pool 160 with mutation, L2 after 20 steps,
 Adam 1e-3 x0.1 at 30k and 70k of 100k iterations); the defender's loss counts only its own
 cells. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply). The
@@ -26,4 +33,8 @@ def get_config(arg=None):
     c.defence.fraction = 0.1  # share of an attacked member's cells the adversary holds
     c.defence.attacked_share = 0.5  # share of the pool members with adversaries; the rest clean
     c.defence.target = 8  # the label the adversary pushes to
+    # The game's adversary starts from a shipped adversary or an adversary's workdir (e.g.
+    # adversary_eight, trained against l2_noise) instead of a fresh init; with init_from=l2_noise
+    # the game fine-tunes the shipped model against its own attacker.
+    c.defence.adversary_init = ""
     return c

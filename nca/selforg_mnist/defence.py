@@ -83,7 +83,8 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
     plain = train.init_train_state(config, images, labels)
     optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
     key = jax.random.PRNGKey(config.seed)
-    adversary = model.init_params(jax.random.fold_in(key, 2))
+    fresh = model.init_params(jax.random.fold_in(key, 2))
+    adversary = train.params_from(d.get("adversary_init"), fresh, config, "defence.adversary_init")
     init = DefenceTrainState.create(
         plain.params, optimizer, plain.rng, adversary=adversary,
         adversary_opt_state=optimizer.init(adversary), pool_states=plain.pool_states,

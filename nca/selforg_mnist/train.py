@@ -30,10 +30,10 @@ from nca.config import ConfigError
 from nca.selforg_mnist import fast, losses, model, pretrained
 
 # Config fields besides the core's bookkeeping that may change on resume: where the data is, how
-# the CA is computed (the same function), and init_from (it only decides a fresh run's params).
+# the CA is computed (the same function), and where a fresh run's params come from.
 RESUMABLE_CHANGES = frozenset(
     {"data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness",
-     "model.table_buckets", "model.fire_compaction", "init_from"}
+     "model.table_buckets", "model.fire_compaction", "init_from", "defence.adversary_init"}
 )  # fmt: skip
 
 
@@ -108,9 +108,13 @@ def init_train_state(
 def initial_params(config: ml_collections.ConfigDict, key: jax.Array) -> model.Params:
     """`model.init_params(key)`, or with `config.init_from` the params of a shipped model (by
     name) or of a workdir's newest checkpoint, to fine-tune."""
-    fresh = model.init_params(key)
-    source = config.get("init_from")  # absent in configs saved before it existed
-    if not source:
+    return params_from(config.get("init_from"), model.init_params(key), config, "init_from")
+
+
+def params_from(source: str | None, fresh: model.Params, config, field: str) -> model.Params:
+    """`fresh`, or where `source` (the config's `field`) names one, the params of a shipped model
+    or of a workdir's newest checkpoint, checked to be a model of `config`'s kind and shapes."""
+    if not source:  # also absent in configs saved before the field existed
         return fresh
     if source in pretrained.available():
         source_config, params = pretrained.load(source)
@@ -118,13 +122,13 @@ def initial_params(config: ml_collections.ConfigDict, key: jax.Array) -> model.P
         source_config, params, _ = checkpoint.load_params(source)
     else:
         raise ConfigError(
-            f"init_from {source!r} is neither a shipped model ({', '.join(pretrained.available())})"
+            f"{field} {source!r} is neither a shipped model ({', '.join(pretrained.available())})"
             f" nor a training workdir (a folder with {checkpoint.CHECKPOINT_SUBDIR}/)."
         )
     shapes = lambda tree: jax.tree.map(np.shape, tree)  # noqa: E731
     if source_config.model.kind != config.model.kind or shapes(params) != shapes(fresh):
         raise ConfigError(
-            f"init_from {source!r} holds a {source_config.model.kind!r} model with params "
+            f"{field} {source!r} holds a {source_config.model.kind!r} model with params "
             f"{shapes(params)}; this config needs {shapes(fresh)}."
         )
     return jax.tree.map(jnp.asarray, params)

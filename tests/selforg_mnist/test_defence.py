@@ -10,7 +10,7 @@ import pytest
 
 from nca import checkpoint, loop
 from nca.config import ConfigError
-from nca.selforg_mnist import adversarial, defence, model, train
+from nca.selforg_mnist import adversarial, defence, model, pretrained, train
 from tests.selforg_mnist.test_adversarial import two_rules
 from tests.selforg_mnist.test_fast import KEY, assert_grads_close
 from tests.selforg_mnist.test_train import tiny_config
@@ -96,6 +96,17 @@ def test_defence_run_trains_both_players_and_exports_the_defender(mnist_dir, tmp
     jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(final.params))
     masked = np.asarray(final.pool_masks).mean()
     assert 0.01 < masked < 0.1  # 10 % of the cells of about half of the members
+
+
+def test_a_fine_tune_starts_both_players_from_shipped_models(mnist_dir):
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke")
+    config.init_from, config.defence.adversary_init = "l2_noise", "adversary_eight"
+    state = train.make_trainer(config, loop.make_mesh(1)).init_state
+    for got, name in ((state.params, "l2_noise"), (state.adversary, "adversary_eight")):
+        jax.tree.map(np.testing.assert_array_equal, got, pretrained.load(name)[1])
+    config.defence.adversary_init = "no_such_adversary"
+    with pytest.raises(ConfigError, match="defence.adversary_init 'no_such_adversary' is neither"):
+        train.make_trainer(config, loop.make_mesh(1))
 
 
 def test_defence_config_errors(mnist_dir):
