@@ -145,20 +145,22 @@ def attack_row_metrics(previous, rows, image, cell, labels, mask, target: int):
 
 def scheduled_rollout(params, other, mask, state, key, *, place_at: int, remove_at: int,
                       num_steps: int, fire_rate=0.5, noise_std=0.0, observe=None,
-                      impl="auto", observe_rows=None):  # fmt: skip
+                      impl="auto", observe_rows=None, dead_cells_zero=False):  # fmt: skip
     """`num_steps` steps: the original rule alone before `place_at`, both rules from `place_at`
     until `remove_at`, the original alone after (the removed cells keep their states and follow
     the original). Returns the final state and the observations of every step, stacked.
-    observe_rows: `observe` on the `table` path's rows (`fast.table_rollout`), if impl is it."""
+    observe_rows, dead_cells_zero: `fast.table_rollout`'s, if impl is `table`."""
     bounds = sorted({0, min(place_at, num_steps), min(remove_at, num_steps), num_steps})
-    observed, on_rows = [], {"observe_rows": observe_rows}
+    observed = []
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         k = jax.random.fold_in(key, i)
         args = (end - start, fire_rate, noise_std, observe)
         if place_at <= start < remove_at:
-            state, obs = mixed_rollout(params, other, mask, state, k, *args, impl, **on_rows)
+            state, obs = mixed_rollout(params, other, mask, state, k, *args, impl, observe_rows,
+                                       dead_cells_zero=dead_cells_zero)  # fmt: skip
         else:
-            state, obs = fast.get_rollout(impl)(params, state, k, *args, **on_rows)
+            rollout = fast.get_rollout(impl, dead_cells_zero=dead_cells_zero)
+            state, obs = rollout(params, state, k, *args, observe_rows=observe_rows)
         observed.append(obs)
     if observe is None:
         return state, None
@@ -179,7 +181,7 @@ def attack_batch(params, other, images, labels, key, fraction, *, num_steps, aft
     _, sums = scheduled_rollout(
         params, other, mask, model.seed_state(images), k_run, place_at=0, remove_at=num_steps,
         num_steps=num_steps + after, fire_rate=fire_rate, noise_std=noise_std, observe=observe,
-        impl=impl, observe_rows=rows,
+        impl=impl, observe_rows=rows, dead_cells_zero=True,  # a `seed_state` and its rollouts
     )  # fmt: skip
     return sums
 

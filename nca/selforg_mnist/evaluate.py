@@ -89,8 +89,9 @@ def row_metrics(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("num_steps", "fire_rate", "noise_std", "impl", "variants", "exact_randomness"),
-)
+    static_argnames=("num_steps", "fire_rate", "noise_std", "impl", "variants", "exact_randomness",
+                     "table_sizes"),
+)  # fmt: skip
 def run_batch(
     params: model.Params,
     images: jax.Array,
@@ -104,11 +105,16 @@ def run_batch(
     impl: str = "auto",
     variants: tuple[str, ...] = ("restart",),
     exact_randomness: bool = False,
+    table_sizes: tuple[int, ...] | None = None,
 ) -> dict[str, dict[str, jax.Array]]:
     """One batch of the protocol, per variant: `num_steps` on `images` from zero state (run once,
     shared by the variants), then (unless the variant is "none") `num_steps` on `new_images`,
-    mutated into ("persist") or from zero state ("restart"). Per-step sums of `step_metrics`."""
-    rollout = fast.get_rollout(impl, exact_randomness=exact_randomness)
+    mutated into ("persist") or from zero state ("restart"). Per-step sums of `step_metrics`.
+    table_sizes: `fast.table_rollout`'s `sizes` (`evaluate_variants` compiles the ones its batch
+    picks)."""
+    # every state here is `seed_state`'s or `mutate`'s: dead cells' mutable channels are 0
+    rollout = fast.get_rollout(impl, exact_randomness=exact_randomness, dead_cells_zero=True,
+                               sizes=table_sizes)  # fmt: skip
     k_first, k_second = jax.random.split(key)
 
     def run(state, labels, key):
@@ -192,7 +198,9 @@ def evaluate_variants(
         other = idx[(np.arange(len(idx)) + rng.integers(1, max(len(idx), 2))) % len(idx)]
         arrays = (params, images[idx], labels[idx], images[other], labels[other],
                   jax.random.PRNGKey(seed * 100_003 + b))  # fmt: skip
-        static = (num_steps, fire_rate, noise_std, impl, variants, exact_randomness)
+        # the table sizes the batch's two rollouts pick: only they compile, the same numbers
+        sizes = sorted({*fast.table_size_of(images[idx]), *fast.table_size_of(images[other])})
+        static = (num_steps, fire_rate, noise_std, impl, variants, exact_randomness, tuple(sizes))
         return run_batch(*jax.device_put(arrays, device), *static)
 
     desc = f"evaluate ({', '.join(variants)})" if progress else None

@@ -236,6 +236,17 @@ def table_sizes(num_cells: int, capacity_fraction: float, num_buckets: int) -> t
     return tuple(sorted(sizes))
 
 
+def table_size_of(grey, capacity_fraction: float = DEFAULT_CAPACITY_FRACTION,
+                  num_buckets: int = DEFAULT_BUCKETS) -> tuple[int, ...]:  # fmt: skip
+    """The size a `table` rollout picks among `table_sizes` for a batch whose alive cells are
+    those of `grey` (`(B, H, W)`, a numpy array: computed outside `jit`): `(rows,)`, or `()` if
+    none holds them (the dense fallback). Given as `table_rollout`'s `sizes`, only that size
+    compiles, and the rollout draws the numbers it would draw with every size compiled."""
+    num_alive = int(np.sum(np.asarray(grey) > model.ALIVE_THRESHOLD))
+    sizes = table_sizes(np.asarray(grey).size, capacity_fraction, num_buckets)
+    return tuple(size for size in sizes if size >= num_alive)[:1]
+
+
 def _geometry(state: jax.Array, rows: int) -> dict[str, jax.Array]:
     """Index tables of the alive cells of `state` (`(B, H, W, C)`) in a table of `rows` rows.
 
@@ -268,10 +279,15 @@ def _geometry(state: jax.Array, rows: int) -> dict[str, jax.Array]:
     return {"grid": grid, "neighbours": neighbours, "inverse": inverse, "padded": padded}
 
 
-def _constant_patches(state: jax.Array, geo) -> jax.Array:
+def _constant_patches(state: jax.Array, geo, grey_only: bool = False) -> jax.Array:
     """`(rows, 9, C)`: what of each row's 3x3 neighbourhood never changes in a rollout: every
-    neighbour's grey pixel and the whole state of dead neighbours (0 elsewhere)."""
+    neighbour's grey pixel and the whole state of dead neighbours (0 elsewhere). grey_only:
+    `(rows, 9)`, the grey pixels alone, which is all of it where dead cells' mutable channels
+    are 0 (`dead_cells_zero`)."""
     c = state.shape[-1]
+    if grey_only:
+        grey = jnp.pad(state[..., 0], ((0, 0), (1, 1), (1, 1))).reshape(-1)
+        return grey.at[geo["padded"]].get(mode="fill", fill_value=0.0)
     flat = jnp.pad(state, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
     patches = flat.at[geo["padded"]].get(mode="fill", fill_value=0.0)
     dead = (geo["neighbours"] >= geo["grid"].shape[0])[..., None]
@@ -353,7 +369,11 @@ def _mlp_forward(params, kernel, table, const, neighbours):
     rows = neighbours.shape[0]
     # (rows, 180): one gather for all 9 neighbours; `x + 0` is exact, so these are the patches
     # of `perceive_im2col` bit for bit.
-    patches = table.at[neighbours].get(mode="fill", fill_value=0.0) + const
+    patches = table.at[neighbours].get(mode="fill", fill_value=0.0)
+    if const.ndim == 2:  # the grey pixels alone: channel 0, which is 0 in the table
+        patches = jnp.where(jnp.arange(patches.shape[-1]) == 0, const[..., None], patches)
+    else:
+        patches = patches + const
     patches = patches.reshape(rows, -1)
     pre = patches @ kernel + params["perceive"]["bias"]
     perception = jax.nn.relu(pre)
@@ -415,7 +435,7 @@ def inference_chunk(rows: int) -> int:
 
 def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, exact_randomness,
                    observe=None, keep=0, second_rule=None, observe_rows=None,
-                   fire_compaction=True):  # fmt: skip
+                   fire_compaction=True, dead_cells_zero=False):  # fmt: skip
     """`num_steps` steps with a table of `rows` rows. Returns the final state, the stacked
     observations and, if `keep`, the table before each step `(num_steps, keep, C)` and the fire
     masks `(num_steps, keep)`, zero-padded to `keep` rows (the backward pass recomputes each
@@ -426,9 +446,10 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     row `(rows,)` and its cell's flat index in `(B*H*W)` (B and B*H*W on unused rows); no grid
     is rebuilt inside the rollout. Without `keep` (inference) the updates are computed in chunks
     (`inference_chunk`). fire_compaction: compute each step's updates on its fired rows only
-    (`fire_capacity`), the same numbers."""
+    (`fire_capacity`), the same numbers. dead_cells_zero: `table_rollout`'s (inference only:
+    the backward pass needs the full constant patches)."""
     geo = _geometry(state, rows)
-    const = _constant_patches(state, geo)
+    const = _constant_patches(state, geo, grey_only=dead_cells_zero and not keep)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
     capacity = fire_capacity(rows, fire_rate, fire_compaction)
     other_rows = jnp.zeros(rows, bool)
@@ -692,6 +713,8 @@ def table_rollout(
     num_buckets: int = DEFAULT_BUCKETS,
     observe_rows: Callable | None = None,
     fire_compaction: bool = True,
+    dead_cells_zero: bool = False,
+    sizes: tuple[int, ...] | None = None,
 ):
     """`model.rollout`, on a compact table of the alive cells. Same arguments and results.
 
@@ -704,8 +727,17 @@ def table_rollout(
     watch a large batch); `observe` still serves the dense fallback, so both are needed.
     fire_compaction: each step computes its fired rows only, both passes (`fire_capacity`;
     about half the rows at fire rate 0.5); False computes every row and masks the unfired.
+    dead_cells_zero: the caller's promise that every dead cell's mutable channels are 0 in
+    `state`, as in every state `model.seed_state` and `model.mutate` make and every rollout of
+    them (dead cells never change). Then, with `observe` (inference), a step reads only its
+    rows' neighbours' grey pixels besides the table (9 numbers a row instead of 180), with the
+    same result; a state that breaks the promise would read its dead neighbours as 0.
+    sizes: the table sizes to compile instead of `table_sizes(...)` (a state with more alive
+    cells than the largest runs `im2col`): with the sizes that `table_size_of` picks for the
+    batches to come, outside `jit`, only those compile and the numbers stay the same.
     """
-    sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
+    if sizes is None:
+        sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
     static = (sizes, exact_randomness, fire_compaction)
     if observe is None:
         final = _table_final((params,), None, state, key, num_steps, fire_rate, noise_std, *static)
@@ -719,6 +751,7 @@ def table_rollout(
             observe=observe,
             observe_rows=observe_rows,
             fire_compaction=fire_compaction,
+            dead_cells_zero=dead_cells_zero,
         )
         for rows in sizes
     ]
@@ -742,12 +775,14 @@ def mixed_table_rollout(
     num_buckets: int = DEFAULT_BUCKETS,
     observe_rows: Callable | None = None,
     fire_compaction: bool = True,
+    dead_cells_zero: bool = False,
 ):
     """Two rules on one grid, on the table: the cells of `mask` (`(B, H, W, 1)` bool) update
     with `other`'s params, the rest with `params`; one fire mask and noise for all cells (as
     `table_rollout` draws them). The same function as `nca.selforg_mnist.adversarial.
     mixed_rollout`'s reference; gradients to both rules and the state through the hand-written
-    backward pass of `table_rollout`. observe_rows, fire_compaction: as `table_rollout`'s."""
+    backward pass of `table_rollout`. observe_rows, fire_compaction, dead_cells_zero: as
+    `table_rollout`'s."""
     sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
     args = (num_steps, fire_rate, noise_std)
     if observe is None:
@@ -758,7 +793,8 @@ def mixed_table_rollout(
     def table_branch(rows):
         def run(p, o, s, k):
             options = {"observe": observe, "observe_rows": observe_rows,
-                       "fire_compaction": fire_compaction}  # fmt: skip
+                       "fire_compaction": fire_compaction,
+                       "dead_cells_zero": dead_cells_zero}  # fmt: skip
             return _table_forward(
                 p, s, k, *args, rows, exact_randomness, second_rule=(o, mask), **options
             )[:2]
@@ -778,12 +814,15 @@ def get_rollout(
     exact_randomness: bool = False,
     num_buckets: int = DEFAULT_BUCKETS,
     fire_compaction: bool = True,
+    dead_cells_zero: bool = False,
+    sizes: tuple[int, ...] | None = None,
 ):
     """The rollout function of `impl`, with `model.rollout`'s signature plus `observe_rows`:
     `(params, state, key, num_steps, fire_rate, noise_std, observe=None, *, observe_rows=None)
     -> (final, observed)`. observe_rows: `observe` on the rows of `table`
     (`table_rollout`'s); every other path ignores it and calls `observe`, so callers pass
-    both whatever the path. num_buckets, fire_compaction: `table_rollout`'s."""
+    both whatever the path. num_buckets, fire_compaction, dead_cells_zero, sizes:
+    `table_rollout`'s."""
     impl = resolve_impl(impl)
     if impl == "table":
         return functools.partial(
@@ -792,6 +831,8 @@ def get_rollout(
             exact_randomness=exact_randomness,
             num_buckets=num_buckets,
             fire_compaction=fire_compaction,
+            dead_cells_zero=dead_cells_zero,
+            sizes=sizes,
         )
     if impl == "alive":
         grid_rollout = functools.partial(

@@ -211,6 +211,57 @@ def test_table_observes_the_metrics_on_its_rows():
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
 
 
+def test_dead_cells_zero_reads_only_grey_and_keeps_the_trajectory():
+    """With the promise kept (a seed state and its rollout), reading the neighbours' grey
+    pixels alone gives the states of the full constant patches bit for bit, for one rule and
+    two, and the reference's; a state that breaks it reads its dead neighbours as 0."""
+
+    params, state, _ = problem()
+    other = random_params(jax.random.PRNGKey(5), scale=0.3)
+    mask = jax.random.uniform(jax.random.PRNGKey(6), (*state.shape[:-1], 1)) < 0.1
+    states = lambda previous, new: new  # noqa: E731
+    # the reference after one step, so that the dead cells' neighbours are not all zero
+    start = fast.get_rollout("conv")(params, state, KEY, 1, 0.5, 0.02)[0]
+
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def trajectory(start, dead_cells_zero, mixed):
+        options = dict(exact_randomness=True, num_buckets=1, dead_cells_zero=dead_cells_zero)
+        if mixed:
+            return fast.mixed_table_rollout(params, other, mask, start, KEY, 12, 0.5, 0.02,
+                                            states, **options)[1]  # fmt: skip
+        return fast.table_rollout(params, start, KEY, 12, 0.5, 0.02, states, **options)[1]
+
+    for mixed in (False, True):
+        got, want = trajectory(start, True, mixed), trajectory(start, False, mixed)
+        np.testing.assert_array_equal(got, want)
+    reference = model.rollout(params, start, KEY, 12, 0.5, 0.02, observe=states)[1]
+    np.testing.assert_allclose(trajectory(start, True, False), reference, atol=1e-5)
+    dead = start[..., :1] <= model.ALIVE_THRESHOLD
+    broken = jnp.where(dead & (jnp.arange(model.NUM_CHANNELS) > 0), 0.5, start)
+    assert not np.allclose(trajectory(broken, True, False), trajectory(broken, False, False))
+
+
+def test_the_size_picked_outside_jit_compiles_alone_with_the_same_numbers():
+    """`table_size_of` picks the size the rollout picks among all of them, the smallest that
+    holds the alive cells: compiled alone, the same trajectory bit for bit. No size (): the
+    dense fallback, the reference's function."""
+    params, state, _ = problem()
+    states = lambda previous, new: new  # noqa: E731
+    grey = np.asarray(state[..., 0])
+    picked, sizes = fast.table_size_of(grey), fast.table_sizes(grey.size, 0.22, 6)
+    num_alive = np.sum(grey > model.ALIVE_THRESHOLD)
+    assert picked == (min(size for size in sizes if size >= num_alive),) and picked != sizes[-1:]
+
+    def run(sizes):
+        rollout = functools.partial(fast.table_rollout, sizes=sizes)
+        return jax.jit(lambda p, s: rollout(p, s, KEY, 6, 0.5, 0.02, states)[1])(params, state)
+
+    np.testing.assert_array_equal(run(picked), run(None))
+    reference = model.rollout(params, state, KEY, 6, 0.5, 0.02, observe=states)[1]
+    assert fast.table_size_of(np.ones((2, 28, 28))) == ()  # every cell alive: too many
+    np.testing.assert_allclose(run(()), reference, atol=1e-5)
+
+
 @pytest.mark.parametrize("impl", ["conv", "im2col", "alive"])
 def test_grid_paths_ignore_observe_rows(impl):
     """Every `get_rollout` takes `observe_rows`, so callers need not ask which path they run;
