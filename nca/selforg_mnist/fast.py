@@ -65,6 +65,14 @@ a scatter-add of the fired rows alone; the metrics 9.6 ms -> about 3 ms (`row_me
 the magnitudes over whole rows, which are zero where unused and in the grey channel, instead
 of slicing and masking them). The full protocol: 258-270 s -> 215 s (1 device), training
 52.7 -> 44.8 ms per gradient of the `l2_noise` batch, bit-identical results in both.
+Then (2026-12-05), for evaluation and the attack: the constant patches were 180 numbers a row
+(every neighbour's grey pixel and the state of dead neighbours), but every state the evaluation
+and the attack roll out has dead cells at 0 (`seed_state`, `mutate`, and dead cells never
+change), so with `dead_cells_zero` they are the 9 grey pixels alone; and the evaluation compiles
+only the table sizes its batches pick (`table_size_of`, outside `jit`) instead of all six and
+the dense fallback. Per step of 1000 test digits 50.8 / 57.0 -> 44.9 / 46.0 ms (interleaved,
+both cores); the full protocol on one device 193.2 -> 180.9 s, measured back to back in one
+process, every curve identical (the documented 95.9 / 88.5 at step 200).
 
 `conv` and `im2col` draw the fire mask and residual noise over the whole grid exactly as
 `model.step` does, so for the same key they run the same trajectory. `alive` and `table` do the
