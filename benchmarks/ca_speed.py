@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from benchmarks import timed
 from nca import data, loop
 from nca.config import load_config
 from nca.selforg_mnist import evaluate, fast, model, train
@@ -43,16 +44,6 @@ PATHS = {
     "table, every row": ("table", False),
     "table": ("table", True),
 }
-
-
-def timed(fn, repeats):
-    """Seconds per call after one warm-up (compile) call."""
-    jax.block_until_ready(fn())
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / repeats
 
 
 def matmul_gflops(n=2048, repeats=10):

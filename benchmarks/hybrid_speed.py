@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from benchmarks import timed
 from nca.config import load_config
 from nca.hybrid import models, train
 
@@ -73,12 +74,8 @@ def compiled_step(config_name, batch_size, ca_update):
 
 def seconds_per_step(compiled, repeats):
     step, state, batch = compiled
-    jax.block_until_ready(step(state, batch, jax.random.PRNGKey(0)))
-    start = time.perf_counter()
-    for i in range(repeats):
-        out = step(state, batch, jax.random.PRNGKey(i))
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / repeats
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), repeats + 1))
+    return timed(lambda: step(state, batch, next(keys)), repeats)
 
 
 def main(argv):

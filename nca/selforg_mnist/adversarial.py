@@ -145,11 +145,13 @@ def attack_row_metrics(previous, rows, image, cell, labels, mask, target: int):
 
 def scheduled_rollout(params, other, mask, state, key, *, place_at: int, remove_at: int,
                       num_steps: int, fire_rate=0.5, noise_std=0.0, observe=None,
-                      impl="auto", observe_rows=None, dead_cells_zero=False):  # fmt: skip
+                      impl="auto", observe_rows=None, second_share=None,
+                      **table_options):  # fmt: skip
     """`num_steps` steps: the original rule alone before `place_at`, both rules from `place_at`
     until `remove_at`, the original alone after (the removed cells keep their states and follow
     the original). Returns the final state and the observations of every step, stacked.
-    observe_rows, dead_cells_zero: `fast.table_rollout`'s, if impl is `table`."""
+    observe_rows, table_options (`dead_cells_zero`, `sizes`):
+    `fast.table_rollout`'s, second_share: `fast.mixed_table_rollout`'s, if impl is `table`."""
     bounds = sorted({0, min(place_at, num_steps), min(remove_at, num_steps), num_steps})
     observed = []
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -157,9 +159,9 @@ def scheduled_rollout(params, other, mask, state, key, *, place_at: int, remove_
         args = (end - start, fire_rate, noise_std, observe)
         if place_at <= start < remove_at:
             state, obs = mixed_rollout(params, other, mask, state, k, *args, impl, observe_rows,
-                                       dead_cells_zero=dead_cells_zero)  # fmt: skip
+                                       second_share=second_share, **table_options)  # fmt: skip
         else:
-            rollout = fast.get_rollout(impl, dead_cells_zero=dead_cells_zero)
+            rollout = fast.get_rollout(impl, **table_options)
             state, obs = rollout(params, state, k, *args, observe_rows=observe_rows)
         observed.append(obs)
     if observe is None:
@@ -168,12 +170,15 @@ def scheduled_rollout(params, other, mask, state, key, *, place_at: int, remove_
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_steps", "after", "target", "fire_rate", "noise_std", "impl")
-)
+    jax.jit,
+    static_argnames=("fraction", "num_steps", "after", "target", "fire_rate", "noise_std", "impl",
+                     "table_sizes"),
+)  # fmt: skip
 def attack_batch(params, other, images, labels, key, fraction, *, num_steps, after, target,
-                 fire_rate, noise_std, impl):  # fmt: skip
+                 fire_rate, noise_std, impl, table_sizes=None):  # fmt: skip
     """One batch: adversaries (a fresh mask of `fraction`) from step 0 to `num_steps`, then
-    `after` steps without them; per-step sums of `attack_metrics`."""
+    `after` steps without them; per-step sums of `attack_metrics`. On `table`, each rule
+    computes its own cells (`second_share`); table_sizes: `fast.table_rollout`'s `sizes`."""
     k_mask, k_run = jax.random.split(key)
     mask = adversary_mask(k_mask, images.shape, fraction)
     observe = lambda previous, state: attack_metrics(state, labels, mask, target)  # noqa: E731
@@ -182,6 +187,7 @@ def attack_batch(params, other, images, labels, key, fraction, *, num_steps, aft
         params, other, mask, model.seed_state(images), k_run, place_at=0, remove_at=num_steps,
         num_steps=num_steps + after, fire_rate=fire_rate, noise_std=noise_std, observe=observe,
         impl=impl, observe_rows=rows, dead_cells_zero=True,  # a `seed_state` and its rollouts
+        second_share=fraction, sizes=table_sizes,
     )  # fmt: skip
     return sums
 
@@ -203,6 +209,7 @@ def evaluate_attack(
         return attack_batch(
             *jax.device_put(arrays, device), fraction, num_steps=num_steps, after=after,
             target=target, fire_rate=fire_rate, noise_std=noise_std, impl=impl,
+            table_sizes=fast.table_size_of(images[idx]),  # only the batch's size compiles
         )  # fmt: skip
 
     desc = f"attack {fraction:g}" if progress else None
@@ -317,7 +324,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
 
         def objective(adversary):
             x, _ = mixed_rollout(original, adversary, mask, x0, k_rollout, config.num_ca_steps,
-                                 m.fire_rate, m.noise_std, impl=impl,
+                                 m.fire_rate, m.noise_std, impl=impl, second_share=a.fraction,
                                  **train.table_options(config))  # fmt: skip
             return losses.l2_loss(x, targets), x
 

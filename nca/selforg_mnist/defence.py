@@ -105,7 +105,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         x, (loss, grads), (attack_loss, attack_grads) = game_gradients(
             state.params, state.adversary, mask, x0, y, k_rollout, target=d.target,
             num_steps=config.num_ca_steps, fire_rate=m.fire_rate, noise_std=m.noise_std,
-            impl=impl, **train.table_options(config),
+            impl=impl, second_share=d.fraction, **train.table_options(config),
         )  # fmt: skip
         updates, adversary_opt_state = optimizer.update(
             attack_grads, state.adversary_opt_state, state.adversary

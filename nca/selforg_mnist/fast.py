@@ -34,7 +34,12 @@ against it, values and gradients, for the same params, masks and noise. Implemen
 - `mixed_table_rollout`: two rules on one grid (the adversarial article's attack) on `table`,
   with the same hand-written backward pass for both rules: 2.3-2.5x faster to train than
   plain autodiff through the table-size `switch` (adversary 0.70 -> 1.6-1.7 it/s, defence game
-  0.42 -> 0.93-1.05 it/s, measured on a shared core).
+  0.42 -> 0.93-1.05 it/s, measured on a shared core). With `second_share` (the attack, the
+  adversary's training and the defence game pass their mask's fraction) each step's compact
+  table holds each rule's fired rows in a segment of its own, so each rule computes its own
+  rows instead of both computing every fired row: `benchmarks/mixed_speed` (2026-12-05, both
+  cores shared with two training runs) 1.29x the adversary's gradients/s, 1.20x the attack's
+  inference, the same trajectory bit for bit in the test.
 - `auto`: `table` on CPU, `conv` on GPU / TPU (their convolution kernels are tuned; the sparse
   paths are not measured there yet).
 
@@ -216,6 +221,20 @@ def fire_capacity(rows: int, fire_rate, fire_compaction: bool = True) -> int:
     spread = FIRE_MARGIN * math.sqrt(rows * fire_rate * (1.0 - fire_rate))
     capacity = -(-(int(rows * fire_rate + spread) + 1) // ROW_ALIGN) * ROW_ALIGN
     return min(rows, capacity)
+
+
+def _capacities(rows: int, fire_rate, fire_compaction: bool, second_share=None):
+    """A step's compact table of fired rows (`_on_fired_rows`): `fire_capacity` rows for one
+    rule; for two rules with second_share (the expected share of table rows the second rule
+    holds, e.g. its random mask's fraction), `(first, second)`: the fired rows of each rule in
+    a segment of its own, the second's sized like `fire_capacity` for a fire rate of
+    fire_rate * second_share, so each rule computes its own rows only. Without second_share,
+    both rules compute every fired row."""
+    capacity = fire_capacity(rows, fire_rate, fire_compaction)
+    if second_share is None or capacity >= rows:
+        return capacity
+    second = fire_capacity(rows, fire_rate * second_share)
+    return capacity if capacity + second >= rows else (capacity, second)
 
 
 def _fired(fire: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
@@ -416,34 +435,53 @@ def _row_updates(params, kernel, table, const, neighbours, index=None, chunk=Non
     return ds.reshape(-1, ds.shape[-1])[:n]
 
 
-def _on_fired_rows(fire, capacity, on_rows, on_all, expand):
+def _on_fired_rows(fire, capacity, on_rows, on_all, expand, others=None):
     """One step's computation on its fired rows only: `on_rows(index)` on a compact table of
     `capacity` rows, `index` the table row of each (`rows`, out of range, where unused), then
     `expand(result, position)` puts it back in table order. `on_all()` (every row) instead if
     `capacity` covers every row or this step fired more rows than it holds. An unfired row
-    contributes nothing to either pass, so both give the same result."""
-    if capacity >= fire.shape[0]:
-        return on_all()
+    contributes nothing to either pass, so both give the same result. capacity `(first,
+    second)` (`_capacities`): the compact table is the fired rows not in `others` (`(rows,)`,
+    the second rule's), in `first` rows, then those in `others`, in `second` rows."""
+    if not isinstance(capacity, tuple):
+        if capacity >= fire.shape[0]:
+            return on_all()
 
-    def compact(_):
-        index, position = _fired(fire, capacity)
+        def compact(_):
+            index, position = _fired(fire, capacity)
+            return expand(on_rows(index), position)
+
+        return jax.lax.cond(jnp.sum(fire) <= capacity, compact, lambda _: on_all(), None)
+
+    first, second = capacity
+    mine, theirs = fire & ~others, fire & others
+
+    def split(_):
+        index_mine, position_mine = _fired(mine, first)
+        index_theirs, position_theirs = _fired(theirs, second)
+        index = jnp.concatenate([index_mine, index_theirs])
+        position = jnp.where(theirs, position_theirs + first, position_mine)
+        position = jnp.where(fire, position, first + second)
         return expand(on_rows(index), position)
 
-    return jax.lax.cond(jnp.sum(fire) <= capacity, compact, lambda _: on_all(), None)
+    fits = (jnp.sum(mine) <= first) & (jnp.sum(theirs) <= second)
+    return jax.lax.cond(fits, split, lambda _: on_all(), None)
 
 
 def inference_chunk(rows: int) -> int:
     """Rows per matrix product in inference (`_row_updates`): `INFERENCE_CHUNK` when this
     process has one core, else all rows. Measured per step of 1000 test digits (139k rows): on
     one core 165 ms in chunks of 1024 against 191 ms unchunked (cache); on two, 82 ms unchunked
-    against 113 ms in chunks (XLA splits one large product over the cores, not a small one)."""
+    against 113 ms in chunks (XLA splits one large product over the cores, not a small one).
+    Two batches side by side on two devices (`evaluate.sum_over_batches`) are also faster
+    unchunked: 4000 test digits x 200 steps 32.4 s against 39.7 s chunked (2026-12-05)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return INFERENCE_CHUNK if cores == 1 else rows
 
 
 def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, exact_randomness,
                    observe=None, keep=0, second_rule=None, observe_rows=None,
-                   fire_compaction=True, dead_cells_zero=False):  # fmt: skip
+                   fire_compaction=True, dead_cells_zero=False, second_share=None):  # fmt: skip
     """`num_steps` steps with a table of `rows` rows. Returns the final state, the stacked
     observations and, if `keep`, the table before each step `(num_steps, keep, C)` and the fire
     masks `(num_steps, keep)`, zero-padded to `keep` rows (the backward pass recomputes each
@@ -455,11 +493,14 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     is rebuilt inside the rollout. Without `keep` (inference) the updates are computed in chunks
     (`inference_chunk`). fire_compaction: compute each step's updates on its fired rows only
     (`fire_capacity`), the same numbers. dead_cells_zero: `table_rollout`'s (inference only:
-    the backward pass needs the full constant patches)."""
+    the backward pass needs the full constant patches). second_share: with second_rule, each
+    rule computes its own fired rows only (`_capacities`), the same numbers."""
     geo = _geometry(state, rows)
     const = _constant_patches(state, geo, grey_only=dead_cells_zero and not keep)
     kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
-    capacity = fire_capacity(rows, fire_rate, fire_compaction)
+    capacity = _capacities(rows, fire_rate, fire_compaction,
+                           second_share if second_rule is not None else None)  # fmt: skip
+    split = isinstance(capacity, tuple)  # the compact table: the first rule's rows, the second's
     other_rows = jnp.zeros(rows, bool)
     if second_rule is not None:
         other, mask = second_rule
@@ -469,9 +510,18 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
 
     def updates(table, index, others):
         """The updates `(n, 19)` of the table rows `index` (None: every row), given whether the
-        second rule updates them; in inference in chunks of `inference_chunk` rows."""
+        second rule updates them; in inference in chunks of `inference_chunk` rows. A split
+        compact table (`split`) computes each rule on its own segment."""
         n = rows if index is None else index.shape[0]
         chunk = None if keep else inference_chunk(n)
+        if split and index is not None:
+            first = capacity[0]
+            return jnp.concatenate([
+                _row_updates(params, kernel, table, const, geo["neighbours"], index[:first],
+                             chunk),
+                _row_updates(other, other_kernel, table, const, geo["neighbours"],
+                             index[first:], chunk),
+            ])  # fmt: skip
         ds = _row_updates(params, kernel, table, const, geo["neighbours"], index, chunk)
         if second_rule is not None:
             other_ds = _row_updates(other, other_kernel, table, const, geo["neighbours"], index,
@@ -487,13 +537,14 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
 
         def fired_rows(index):  # only the fired rows compute their updates and draw their noise
             ds = updates(table, index, _take(other_rows, index, False)) + noise(index)
-            return table.at[index, 1:].add(ds, mode="drop", indices_are_sorted=True)
+            return table.at[index, 1:].add(ds, mode="drop", indices_are_sorted=not split)
 
         def every_row():
             ds = updates(table, None, other_rows) + noise(jnp.arange(rows))
             return table + jnp.pad(jnp.where(fire[:, None], ds, 0.0), ((0, 0), (1, 0)))
 
-        new = _on_fired_rows(fire, capacity, fired_rows, every_row, lambda new, _: new)
+        new = _on_fired_rows(fire, capacity, fired_rows, every_row, lambda new, _: new,
+                             other_rows)  # fmt: skip
         out = {}
         if observe_rows is not None:
             out["observed"] = observe_rows(table, new, image, geo["grid"])
@@ -517,7 +568,7 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
     """Cotangents of the rules and the state for `_table_forward`'s final state, one step at a
     time backwards, recomputing each step's activations from the stored table. rules: `(params,)`,
     or `(params, other)` with `mask` the cells `other` updates (`second_rule`). capacity: rows
-    of each step's compact table of fired rows (`fire_capacity`; `rows`: none). Returns
+    of each step's compact table of fired rows (`_capacities`; `rows`: none). Returns
     `(per-rule cotangents, state cotangent)`."""
     geo = _geometry(state, rows)
     tables, fires = tables[:, :rows], fires[:, :rows]
@@ -531,21 +582,25 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
         other_rows = mask.reshape(-1).at[geo["grid"]].get(mode="fill", fill_value=False)
     zero_slot = jnp.zeros((1, c), state.dtype)
 
-    def grads(table, row_const, neighbours, others, g_fired):
+    def grads(table, row_const, neighbours, others, g_fired, first=None):
         """The patches' cotangent `(n, 180)` of `n` rows and each rule's weight gradients
         from them, given their constant patches, neighbours, whether the second rule updates
-        them, and their updates' cotangent `(n, 19)`."""
-        g_perception, increments = None, []
+        them, and their updates' cotangent `(n, 19)`. first: the rows are the first rule's
+        `first` rows, then the second's (a split compact table); None: each rule computes
+        every row and keeps its own."""
+        g_perception, increments = [], []
         for r, (p, kernel) in enumerate(zip(rules, kernels, strict=True)):
+            own = slice(None) if first is None else slice(first) if r == 0 else slice(first, None)
             _, (patches, pre, perception, hidden_pre, hidden) = _mlp_forward(
-                p, kernel, table, row_const, neighbours
+                p, kernel, table, row_const[own], neighbours[own]
             )
             kept = others if r else ~others  # the rows this rule's update was kept on
-            g_ds = g_fired if len(rules) == 1 else jnp.where(kept[:, None], g_fired, 0.0)
+            g_ds = g_fired[own]
+            if len(rules) == 2 and first is None:
+                g_ds = jnp.where(kept[:, None], g_ds, 0.0)
             g_hidden_pre = jnp.where(hidden_pre > 0, g_ds @ p["output"]["kernel"].T, 0.0)
             g_pre = jnp.where(pre > 0, g_hidden_pre @ p["hidden"]["kernel"].T, 0.0)
-            g_rule = g_pre @ kernel.T
-            g_perception = g_rule if g_perception is None else g_perception + g_rule
+            g_perception.append(g_pre @ kernel.T)
             increments.append({
                 "output": hidden.T @ g_ds,
                 "output_bias": g_ds.sum(0),
@@ -554,7 +609,9 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
                 "perceive": patches.T @ g_pre,
                 "perceive_bias": g_pre.sum(0),
             })  # fmt: skip
-        return g_perception, increments
+        if first is None:
+            return sum(g_perception[1:], g_perception[0]), increments
+        return jnp.concatenate(g_perception), increments
 
     def body(carry, xs):
         g_table, acc, slots = carry
@@ -566,7 +623,8 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
 
             row_const, neighbours = take(const, 0.0), take(geo["neighbours"], rows)
             g_fired = take(g_table[:, 1:], 0.0)
-            return grads(table, row_const, neighbours, take(other_rows, False), g_fired)
+            first = capacity[0] if isinstance(capacity, tuple) else None
+            return grads(table, row_const, neighbours, take(other_rows, False), g_fired, first)
 
         def every_row():
             g_fired = jnp.where(fire[:, None], g_table[:, 1:], 0.0)
@@ -574,7 +632,7 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
 
         g_perception, increments = _on_fired_rows(
             fire, capacity, compact, every_row,
-            lambda out, position: (_take(out[0], position, 0.0), out[1]),
+            lambda out, position: (_take(out[0], position, 0.0), out[1]), other_rows,
         )  # fmt: skip
         new_acc = jax.tree.map(jnp.add, acc, increments)
         g_patches = jnp.concatenate([g_perception.reshape(rows * 9, c), zero_slot])
@@ -642,9 +700,9 @@ def _second_rule(rules, mask):
     return (rules[1], mask) if len(rules) == 2 else None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10))
 def _table_final(rules, mask, state, key, num_steps, fire_rate, noise_std, sizes,
-                 exact_randomness, fire_compaction):  # fmt: skip
+                 exact_randomness, fire_compaction, second_share):  # fmt: skip
     """The final state of a `table` rollout of `rules` (`(params,)`, or `(params, other)` with
     `mask` the cells of `other`), with a hand-written backward pass."""
     args = (num_steps, fire_rate, noise_std)
@@ -653,7 +711,8 @@ def _table_final(rules, mask, state, key, num_steps, fire_rate, noise_std, sizes
         def run(r, s, k):
             return _table_forward(r[0], s, k, *args, rows, exact_randomness,
                                   second_rule=_second_rule(r, mask),
-                                  fire_compaction=fire_compaction)[0]  # fmt: skip
+                                  fire_compaction=fire_compaction,
+                                  second_share=second_share)[0]  # fmt: skip
 
         return run
 
@@ -663,7 +722,7 @@ def _table_final(rules, mask, state, key, num_steps, fire_rate, noise_std, sizes
 
 
 def _table_final_fwd(rules, mask, state, key, num_steps, fire_rate, noise_std, sizes,
-                     exact_randomness, fire_compaction):  # fmt: skip
+                     exact_randomness, fire_compaction, second_share):  # fmt: skip
     args = (num_steps, fire_rate, noise_std)
     top = sizes[-1]
 
@@ -672,6 +731,7 @@ def _table_final_fwd(rules, mask, state, key, num_steps, fire_rate, noise_std, s
             final, _, tables, fires = _table_forward(
                 r[0], s, k, *args, rows, exact_randomness, keep=top,
                 second_rule=_second_rule(r, mask), fire_compaction=fire_compaction,
+                second_share=second_share,
             )  # fmt: skip
             return final, tables, fires
 
@@ -689,11 +749,12 @@ def _table_final_fwd(rules, mask, state, key, num_steps, fire_rate, noise_std, s
 
 
 def _table_final_bwd(num_steps, fire_rate, noise_std, sizes, exact_randomness, fire_compaction,
-                     res, g_final):  # fmt: skip
+                     second_share, res, g_final):  # fmt: skip
     rules, mask, state, key, bucket, tables, fires = res
 
     def table_branch(rows):
-        capacity = fire_capacity(rows, fire_rate, fire_compaction)
+        share = second_share if len(rules) == 2 else None
+        capacity = _capacities(rows, fire_rate, fire_compaction, share)
         return lambda r, s, k, t, f, g: _table_backward(r, mask, s, rows, t, f, g, capacity)
 
     def dense_branch(r, s, k, t, f, g):
@@ -746,7 +807,7 @@ def table_rollout(
     """
     if sizes is None:
         sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
-    static = (sizes, exact_randomness, fire_compaction)
+    static = (sizes, exact_randomness, fire_compaction, None)
     if observe is None:
         final = _table_final((params,), None, state, key, num_steps, fire_rate, noise_std, *static)
         return final, None
@@ -784,24 +845,31 @@ def mixed_table_rollout(
     observe_rows: Callable | None = None,
     fire_compaction: bool = True,
     dead_cells_zero: bool = False,
+    second_share: float | None = None,
+    sizes: tuple[int, ...] | None = None,
 ):
     """Two rules on one grid, on the table: the cells of `mask` (`(B, H, W, 1)` bool) update
     with `other`'s params, the rest with `params`; one fire mask and noise for all cells (as
     `table_rollout` draws them). The same function as `nca.selforg_mnist.adversarial.
     mixed_rollout`'s reference; gradients to both rules and the state through the hand-written
-    backward pass of `table_rollout`. observe_rows, fire_compaction, dead_cells_zero: as
-    `table_rollout`'s."""
-    sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
+    backward pass of `table_rollout`. observe_rows, fire_compaction, dead_cells_zero, sizes: as
+    `table_rollout`'s. second_share: the share of the cells `mask` holds (a
+    static float, e.g. the fraction of `adversarial.adversary_mask`): then each rule computes
+    its own fired rows only, in both passes, instead of both rules computing every fired row
+    (the same numbers; a step whose mask holds more fired rows than that allows computes the
+    old way)."""
+    if sizes is None:
+        sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
     args = (num_steps, fire_rate, noise_std)
     if observe is None:
         rules = (params, other)
-        static = (sizes, exact_randomness, fire_compaction)
+        static = (sizes, exact_randomness, fire_compaction, second_share)
         return _table_final(rules, mask, state, key, *args, *static), None
 
     def table_branch(rows):
         def run(p, o, s, k):
             options = {"observe": observe, "observe_rows": observe_rows,
-                       "fire_compaction": fire_compaction,
+                       "fire_compaction": fire_compaction, "second_share": second_share,
                        "dead_cells_zero": dead_cells_zero}  # fmt: skip
             return _table_forward(
                 p, s, k, *args, rows, exact_randomness, second_rule=(o, mask), **options

@@ -47,13 +47,23 @@ def mixed_loss_and_grads(rollout):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, other, state)
 
 
-def test_table_path_computes_the_reference_with_gradients_for_both_rules():
+def test_table_path_computes_the_reference_with_gradients_for_both_rules(monkeypatch):
+    """Both rules on every fired row, each on its own (`second_share`: the mask's 0.3; 0.01:
+    the second rule's fired rows overflow their segment, every fired row instead), and the
+    dense fallback (a capacity too small for the alive cells)."""
+    monkeypatch.setattr(fast, "ROW_ALIGN", 8)  # segments small enough to overflow here
     reference = functools.partial(adversarial.mixed_rollout, impl="conv")
     (want_loss, want), want_grads = mixed_loss_and_grads(reference)
-    for capacity in (fast.DEFAULT_CAPACITY_FRACTION, 0.01):  # 0.01: too small, dense fallback
+    _, _, mask, state, _ = two_rules()
+    rows = fast.table_sizes(state[..., 0].size, 0.3, 1)[0]  # one table size, large enough
+    assert isinstance(fast._capacities(rows, 0.5, True, 0.3), tuple)  # to split the rows
+    fired_theirs = 0.5 * float(jnp.sum(model.alive_mask(state) & mask))
+    assert fast._capacities(rows, 0.5, True, 0.01)[1] < fired_theirs  # it overflows
+    for capacity, share in ((0.22, None), (0.3, 0.3), (0.3, 0.01), (0.01, 0.3)):
         table = functools.partial(
-            fast.mixed_table_rollout, capacity_fraction=capacity, exact_randomness=True
-        )
+            fast.mixed_table_rollout, capacity_fraction=capacity, exact_randomness=True,
+            second_share=share, num_buckets=1,
+        )  # fmt: skip
         (loss, got), grads = mixed_loss_and_grads(table)
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
@@ -91,7 +101,8 @@ def test_attack_metrics_count_the_originals_cells_of_attacked_digits():
 
 def test_attack_metrics_on_the_tables_rows_are_the_grids():
     """`attack_row_metrics` (the table's rows) equals `attack_metrics` (the grid) at every
-    step, with both rules and after the adversaries' removal."""
+    step, with both rules and after the adversaries' removal, and with each rule computing its
+    own rows (`second_share`, as `attack_batch` runs it)."""
     params, other, mask, state, labels, _ = attacked_states()
     observe = lambda previous, s: adversarial.attack_metrics(s, labels, mask, 8)  # noqa: E731
     rows = functools.partial(adversarial.attack_row_metrics, labels=labels, mask=mask, target=8)
@@ -101,10 +112,12 @@ def test_attack_metrics_on_the_tables_rows_are_the_grids():
         run = functools.partial(adversarial.scheduled_rollout, params, other, mask, state, KEY,
                                 place_at=0, remove_at=3, num_steps=6, fire_rate=fire_rate,
                                 noise_std=0.02, observe=observe, impl="table")  # fmt: skip
-        return run()[1], run(observe_rows=rows)[1]
+        split = run(observe_rows=rows, second_share=0.3, sizes=(576,))[1]  # rows: 384 + 128
+        return run()[1], run(observe_rows=rows)[1], split
 
     for fire_rate in (0.0, 0.5):  # the hand-built states, then their dynamics
-        want, got = jax.device_get(both(fire_rate))
+        want, got, split = jax.device_get(both(fire_rate))
+        jax.tree.map(np.testing.assert_array_equal, split, got)
         if fire_rate == 0.0:  # nothing fires: the hand-built votes at every step
             assert list(want["target_agreeing"]) == [1] * 6 and want["digits"][0] == 3
         else:
