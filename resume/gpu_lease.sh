@@ -39,15 +39,19 @@ train() {  # train NAME CONFIG [overrides]: until done (0) or DEADLINE (1)
   local rc=$?; note "$name: rc $rc"; [ $rc = 0 ]
 }
 
-lane_defence() {
-  train l2_noise_defended l2_noise_defended || return
+lane_defence() {  # the defence fine-tune at attacked share 0.25, then a fresh adversary (issue 20)
+  train l2_noise_defended_ft25 l2_noise_defended --config.init_from=l2_noise \
+    --config.defence.adversary_init=adversary_eight --config.learning_rate=1e-4 \
+    --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
+    --config.defence.attacked_share=0.25 || return
   # the adversary's config names its original as the CPU runs do (a changed path is refused)
-  mkdir -p workdirs && ln -sfn "$W/l2_noise_defended" workdirs/l2_noise_defended
-  train adversary_def adversary_eight --config.num_train_steps=50000 \
-    --config.adversary.original=workdirs/l2_noise_defended || return
-  python3 -m experiments.attack --workdir="$W/l2_noise_defended" --adversary="$W/adversary_def" \
-    --video_digits=0 --out="$STAGE/attack_defended" >"$STAGE/logs/attack_defended.log" 2>&1
-  note "defended attack rc $?"
+  mkdir -p workdirs && ln -sfn "$W/l2_noise_defended_ft25" workdirs/l2_noise_defended_ft25
+  train adversary_def_ft25 adversary_eight --config.num_train_steps=10000 \
+    --config.adversary.original=workdirs/l2_noise_defended_ft25 || return
+  python3 -m experiments.attack --workdir="$W/l2_noise_defended_ft25" \
+    --adversary="$W/adversary_def_ft25" --fractions=0.1 --num_digits=1000 --video_digits=0 \
+    --out="$STAGE/attack_defended_ft25" >"$STAGE/logs/attack_defended_ft25.log" 2>&1
+  note "defended_ft25 attack rc $?"
 }
 
 P=()

@@ -853,11 +853,10 @@ def mixed_table_rollout(
     `table_rollout` draws them). The same function as `nca.selforg_mnist.adversarial.
     mixed_rollout`'s reference; gradients to both rules and the state through the hand-written
     backward pass of `table_rollout`. observe_rows, fire_compaction, dead_cells_zero, sizes: as
-    `table_rollout`'s. second_share: the share of the cells `mask` holds (a
-    static float, e.g. the fraction of `adversarial.adversary_mask`): then each rule computes
-    its own fired rows only, in both passes, instead of both rules computing every fired row
-    (the same numbers; a step whose mask holds more fired rows than that allows computes the
-    old way)."""
+    `table_rollout`'s. second_share: the share of the cells `mask` holds (a static float, e.g.
+    the fraction of `adversarial.adversary_mask`): then each rule computes its own fired rows
+    only, in both passes, instead of both rules computing every fired row (the same numbers; a
+    step whose mask holds more fired rows than that allows computes both on every fired row)."""
     if sizes is None:
         sizes = table_sizes(state[..., 0].size, capacity_fraction, num_buckets)
     args = (num_steps, fire_rate, noise_std)
