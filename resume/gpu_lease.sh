@@ -10,7 +10,7 @@
 #       --implementation cp --platform manylinux2014_x86_64 -d .gpu/whl \
 #       ml_collections==1.1.0 tensorboardX pooch platformdirs
 # then, with the device tool: command `bash resume/gpu_lease.sh`, carry [".gpu"], timeout 600;
-# LANES="hybrid grid" (any of defence, hybrid, metanca, grid) picks the lanes; fewer run faster.
+# LANES="hybrid" (any of hybrid, metanca) picks the lanes; fewer run faster.
 # Measured on an H200 (2026-12-04, 7 lanes at once): a 40k x 64 hybrid run 63-72 it/s shared,
 # 228 alone; CA only 87 / 141; local gate 71 / 140; autoencoder 177 / 338; the defence game
 # 30-36 it/s; MetaNCA CNN rule 13.5 meta-steps/s.
@@ -39,24 +39,8 @@ train() {  # train NAME CONFIG [overrides]: until done (0) or DEADLINE (1)
   local rc=$?; note "$name: rc $rc"; [ $rc = 0 ]
 }
 
-lane_defence() {  # the defence fine-tune at attacked share 0.25, then a fresh adversary (issue 20)
-  train l2_noise_defended_ft25 l2_noise_defended --config.init_from=l2_noise \
-    --config.defence.adversary_init=adversary_eight --config.learning_rate=1e-4 \
-    --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
-    --config.defence.attacked_share=0.25 || return
-  # the adversary's config names its original as the CPU runs do (a changed path is refused)
-  mkdir -p workdirs && ln -sfn "$W/l2_noise_defended_ft25" workdirs/l2_noise_defended_ft25
-  train adversary_def_ft25 adversary_eight --config.num_train_steps=10000 \
-    --config.adversary.original=workdirs/l2_noise_defended_ft25 || return
-  python3 -m experiments.attack --workdir="$W/l2_noise_defended_ft25" \
-    --adversary="$W/adversary_def_ft25" --fractions=0.1 --num_digits=1000 --video_digits=0 \
-    --out="$STAGE/attack_defended_ft25" >"$STAGE/logs/attack_defended_ft25.log" 2>&1
-  note "defended_ft25 attack rc $?"
-}
-
 P=()
-case " ${LANES:=defence hybrid metanca grid} " in *" defence "*) lane_defence & P+=($!);; esac
-case " $LANES " in *" hybrid "*)
+case " ${LANES:=hybrid metanca} " in *" hybrid "*)
   for s in 1 2; do
     train "blog_hybrid_s$s" hybrid:blog_budget --config.seed=$s & P+=($!)
     train "blog_ca_only_s$s" hybrid_ca_only:blog_budget --config.seed=$s & P+=($!)
@@ -64,13 +48,7 @@ case " $LANES " in *" hybrid "*)
   done;;
 esac
 case " $LANES " in *" metanca "*)
-  train metanca_mnist_cnn metanca_mnist_cnn:damage --config.num_train_steps=12000 & P+=($!);;
-esac
-case " $LANES " in *" grid "*)  # the MLP rule fine-tuned on the heatmap's corners (issue 19)
-  ( python3 -m experiments.bundle --restore=resume/metanca_mnist_damage.npz \
-      --workdir="$W/metanca_mnist_damage" >"$STAGE/logs/restore_damage.log" 2>&1 &&
-    train metanca_mnist_grid metanca_mnist_grid:damage \
-      --config.init_from="$W/metanca_mnist_damage" --config.curriculum_steps=0 ) & P+=($!);;
+  train metanca_mnist_cnn metanca_mnist_cnn:damage --config.num_train_steps=18000 & P+=($!);;  # from 12,000
 esac
 wait "${P[@]}"
 

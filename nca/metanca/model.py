@@ -151,19 +151,44 @@ def forward(
     spec = mlp_spec([w for w, _ in state]) if spec is None else spec
     for i, ((w, _), s) in enumerate(zip(state, spec, strict=True)):
         if s.kind == "conv":
-            x = x.reshape(x.shape[0], *s.in_grid, s.units)
-            kernel = w[:-1].reshape(*s.grid, s.units, s.n_out)  # rows (tap, map) -> HWIO
-            x = (
-                jax.lax.conv_general_dilated(
-                    x, kernel, (s.stride,) * 2, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-                )
-                + w[-1]
-            )
+            x = conv(x.reshape(x.shape[0], *s.in_grid, s.units), w, s)
         else:
             x = x.reshape(x.shape[0], -1) @ w[:-1] + w[-1]
         if i < len(state) - 1:
             x = jax.nn.leaky_relu(x, negative_slope)
     return x
+
+
+def conv(x: jax.Array, w: jax.Array, s: LayerSpec) -> jax.Array:
+    """A conv layer: `x (B, *s.in_grid, s.units)`, `w` its `(taps * units + 1, n_out)` matrix ->
+    `(B, out_h, out_w, n_out)`, SAME padding (TensorFlow's: the odd padding pixel at the bottom
+    and right), stride `s.stride`. One matrix product over `x`'s shifted, strided copies (im2col;
+    the taps outer, the maps inner, as `w`'s rows). The same function as `conv_reference` (a test
+    checks values and gradients); on a CPU much faster to train: vmapped over nets, `lax.conv`
+    becomes a grouped convolution whose gradient XLA's CPU backend computes slowly
+    (`python -m benchmarks.metanca_speed`)."""
+    (kh, kw), st = s.grid, s.stride
+    pads, (oh, ow) = [], [-(-size // st) for size in s.in_grid]
+    for size, out, k in zip(s.in_grid, (oh, ow), (kh, kw), strict=True):
+        total = max((out - 1) * st + k - size, 0)
+        pads.append((total // 2, total - total // 2))
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    taps = [
+        xp[:, i : i + (oh - 1) * st + 1 : st, j : j + (ow - 1) * st + 1 : st]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.concatenate(taps, -1) @ w[:-1] + w[-1]
+
+
+def conv_reference(x: jax.Array, w: jax.Array, s: LayerSpec) -> jax.Array:
+    """`conv` by `lax.conv_general_dilated`: the oracle of the tests and the benchmark."""
+    kernel = w[:-1].reshape(*s.grid, s.units, s.n_out)  # rows (tap, map) -> HWIO
+    dims = ("NHWC", "HWIO", "NHWC")
+    return (
+        jax.lax.conv_general_dilated(x, kernel, (s.stride,) * 2, "SAME", dimension_numbers=dims)
+        + w[-1]
+    )
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -1,6 +1,6 @@
 """MetaNCA on convolutional task nets: the kernel-weight neighbourhoods against a brute-force
-enumeration of the feature-map graph, the conv forward pass against a loop over pixels, and the
-architecture checks."""
+enumeration of the feature-map graph, the conv forward pass against a loop over pixels, its im2col
+conv against `lax.conv`, and the architecture checks."""
 
 from __future__ import annotations
 
@@ -125,6 +125,23 @@ def test_conv_forward_matches_a_loop_over_pixels():
         a = leaky(a.reshape(-1) @ ws[2][:-1] + ws[2][-1])  # (y, x, map) order
         want.append(a @ ws[3][:-1] + ws[3][-1])
     np.testing.assert_allclose(model.forward(net, jnp.asarray(x), SPEC), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "grid, units, stride", [((6, 6), 3, 2), ((3, 3), 3, 2), ((7, 5), 2, 2), ((5, 4), 2, 1)]
+)
+def test_conv_matches_lax_conv(grid, units, stride):
+    """The im2col conv equals `lax.conv_general_dilated` (SAME) in values and gradients, with
+    even and odd map sizes (asymmetric and symmetric padding) and strides 1 and 2."""
+    s = model.LayerSpec("conv", 9, units, 4, (3, 3), grid, stride)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *grid, units))
+    w = jax.random.normal(jax.random.PRNGKey(1), (9 * units + 1, 4))
+    results = [
+        jax.value_and_grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w, s))), (0, 1))(x, w)
+        for f in (model.conv, model.conv_reference)
+    ]
+    for got, want in zip(*map(jax.tree.leaves, results), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_weights_start_as_flax_conv_does():
