@@ -18,5 +18,5 @@ def get_config(arg=None):
     c = metanca_mnist_grid.get_config(arg)
     if "smoke" not in c.options.split(","):
         c.train_archs += ((784, 10, 10, 10),)
-    c.num_train_steps = 1000
+        c.num_train_steps = 1000
     return c

@@ -22,5 +22,5 @@ def get_config(arg=None):
     c = metanca_mnist.get_config(arg)
     if "smoke" not in c.options.split(","):
         c.train_archs += ((784, 10, 100, 10), (784, 100, 10, 10), (784, 100, 100, 10))
-    c.num_train_steps = 3000
+        c.num_train_steps = 3000
     return c

@@ -13,6 +13,8 @@ def test_every_config_and_option_loads():
             config = load_config(name + arg)
             assert config.name == name + arg
             assert config.model.kind in available_systems()
+        # a smoke run is seconds long, also where a config sets its own schedule
+        assert load_config(name + ":smoke").num_train_steps <= 20, name
     for name in ("ce", "l2", "l2_noise"):
         for arg in (":short", ":no_pool,smoke", ":no_mutation"):
             config = load_config(name + arg)
