@@ -431,8 +431,14 @@ def _previous_bundle(out: Path, config, step: int) -> Bundle | None:
         raise BundleError(
             f"refusing to replace {out}: {e} Delete it or choose another --out."
         ) from None
+    from nca import loop  # noqa: PLC0415 - as in `initial_state`
+
+    try:  # the system's own rule, as the training loop's resume applies it
+        resumable = loop.system_module(config.model.get("kind")).resumable
+    except (ConfigError, AttributeError):
+        resumable = checkpoint.resumable
     changes = checkpoint.config_differences(previous.meta["config"], config)
-    refused = {k: v for k, v in changes.items() if not checkpoint.resumable(k, *v, step)}
+    refused = {k: v for k, v in changes.items() if not resumable(k, *v, step)}
     if refused:
         listing = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in list(refused.items())[:4])
         raise BundleError(f"refusing to replace {out}: it is a bundle of another run "

@@ -202,6 +202,15 @@ def test_a_bundle_never_replaces_one_of_another_run(small_run, tmp_path):
     assert (tmp_path / "out.npz").read_bytes() == before
 
 
+def test_a_bundle_replaces_one_of_the_same_run_after_a_resumable_change(small_run, tmp_path):
+    """A change the system's resume accepts (here `init_from`, which only decides a fresh run's
+    start) keeps the run the same: its bundle is replaced, not refused."""
+    _, root = small_run
+    with_config(root / "run.npz", tmp_path / "out.npz", init_from="workdirs/elsewhere")
+    assert bundle.write(root / "run", tmp_path / "out.npz", log=lambda *_: None)["step"] == 6
+    assert bundle.read(tmp_path / "out.npz").meta["config"]["init_from"] == ""
+
+
 def test_another_machine_s_data_folder_and_init_from_do_not_stop_a_restore(
     small_run, mnist_dir, tmp_path
 ):
