@@ -49,7 +49,7 @@ def with_conv(conv, build):
 
 
 def meta_step(config, task):
-    """A compiled meta-step and a callable that runs it once."""
+    """A callable that runs one meta-step (compiled here, with the `conv` in place now)."""
     mesh = loop.make_mesh(1)
     trainer = metanca_train.make_trainer(config, mesh)
     state, step = loop.compile_trainer(trainer, mesh)

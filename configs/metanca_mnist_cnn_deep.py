@@ -1,7 +1,7 @@
 """MetaNCA with CNN task nets and two dense hidden layers: `metanca_mnist_cnn`'s training set
 plus [784, 20, 20, 10] and [784, c8, c8, 20, 10]. The `metanca_mnist_cnn` rule, which never saw a
 net with two dense hidden layers, grows its held-out [784, 50, 50, 10] and [784, c8, c8, 30, 10]
-to 0.09-0.12 (docs/metanca/README.md, "CNN task nets"); these two cheap nets (16k and 11k
+to 0.09-0.12 (docs/metanca/README.md, "CNN task nets"); these two cheap nets (16k and 9k
 weights) show it that shape, and both held-out nets stay held out.
 
 The natural run fine-tunes the `metanca_mnist_cnn:damage` rule (`init_from`: a fresh Adam state
