@@ -14,17 +14,14 @@ Never run by the tests.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from benchmarks import timed
+from benchmarks import best_of_rounds, machine, save, timed
 from nca.config import load_config
 from nca.hybrid import models, train
 
@@ -87,16 +84,14 @@ def main(argv):
             rows[name]["baseline"] = compiled_step(
                 config_name, _BATCH.value, ca_update_trailing_axes
             )
-    best = {name: {variant: float("inf") for variant in r} for name, r in rows.items()}
-    for _ in range(_ROUNDS.value):  # interleaved, so a slow spell of the machine hits every row
-        for name, variants in rows.items():
-            for variant, compiled in variants.items():
-                seconds = seconds_per_step(compiled, _REPEATS.value)
-                best[name][variant] = min(best[name][variant], seconds)
+    timers = {
+        name: {v: (lambda c=c: seconds_per_step(c, _REPEATS.value)) for v, c in variants.items()}
+        for name, variants in rows.items()
+    }
+    best = best_of_rounds(timers, _ROUNDS.value)
     cores = len(os.sched_getaffinity(0))
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{cores} core(s) available, JAX {jax.__version__}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "batch": _BATCH.value,
         "rows": {},
@@ -121,12 +116,7 @@ def main(argv):
             f"| {name} | {b['shipped']:.3f} | {base} | {ratio} | "
             f"{row['blog_budget_core_hours']:.1f} |"
         )
-    markdown = "\n".join(lines) + "\n"
-    print(markdown)
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hybrid_speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "hybrid_speed.md").write_text(markdown)
+    save(_OUT.value, "hybrid_speed", results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,17 +14,13 @@ one core. Never run by the tests.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from benchmarks import timed
+from benchmarks import best_of_rounds, machine, save, timed
 from nca import loop
 from nca.config import load_config
 from nca.metanca import data, evaluate, model
@@ -86,25 +82,16 @@ def main(argv):
     config = load_config(CONFIG)
     task = {k: jnp.asarray(v) for k, v in data.load_task(config).items()}
     cnns = [a for a in metanca_train.all_archs(config) if any(model.is_conv(e) for e in a)]
-    rows = {"meta-step": {}} | {str(list(a)): {} for a in cnns}
+    rows = {"meta-step": {}} | {str(list(a)): {} for a in cnns}  # {row: {variant: seconds()}}
     for name, conv in VARIANTS.items():
-        rows["meta-step"][name] = with_conv(conv, lambda: meta_step(config, task))
-        for arch in cnns:
-            rows[str(list(arch))][name] = (conv, adam_step(config, task, arch))
-    best = {row: {name: float("inf") for name in VARIANTS} for row in rows}
-    for _ in range(_ROUNDS.value):  # interleaved, so a slow spell of the machine hits every row
-        for row, variants in rows.items():
-            for name, fn in variants.items():
-                if row == "meta-step":
-                    seconds = timed(fn, _REPEATS.value)
-                else:  # compiled inside each call; `seconds` excludes compiling
-                    conv, run = fn
-                    seconds = with_conv(conv, run) / _REPEATS.value
-                best[row][name] = min(best[row][name], seconds)
-    cores = len(os.sched_getaffinity(0))
+        step = with_conv(conv, lambda: meta_step(config, task))
+        rows["meta-step"][name] = lambda step=step: timed(step, _REPEATS.value)
+        for arch in cnns:  # compiled inside each call; the seconds exclude compiling
+            run = adam_step(config, task, arch)
+            rows[str(list(arch))][name] = lambda c=conv, r=run: with_conv(c, r) / _REPEATS.value
+    best = best_of_rounds(rows, _ROUNDS.value)
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {cores} core(s) available, "
-        f"JAX {jax.__version__}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "config": CONFIG,
         "seconds": best,
@@ -122,12 +109,7 @@ def main(argv):
             f"| {what} | {b['im2col']:.3f} | {b['lax.conv']:.3f} | "
             f"x{b['lax.conv'] / b['im2col']:.1f} |"
         )
-    markdown = "\n".join(lines) + "\n"
-    print(markdown)
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metanca_speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "metanca_speed.md").write_text(markdown)
+    save(_OUT.value, "metanca_speed", results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,11 @@ def metanca_config(arg: str | None) -> ml_collections.ConfigDict:
     c.data.max_images = 0  # MNIST: 0 uses all 60,000 training images
     c.options = ",".join(sorted(options))
     return c
+
+
+def add_training_archs(c: ml_collections.ConfigDict, archs, num_train_steps: int) -> None:
+    """A fine-tune's config: `archs` join the training architectures and the run is
+    `num_train_steps` long, except under `smoke`, which keeps its tiny set and schedule."""
+    if "smoke" not in c.options.split(","):
+        c.train_archs += tuple(archs)
+        c.num_train_steps = num_train_steps

@@ -13,11 +13,10 @@ python -m experiments.train --config=metanca_mnist_cnn_deep:damage \
 """
 
 from configs import metanca_mnist_cnn
+from configs.common_metanca import add_training_archs
 
 
 def get_config(arg=None):
     c = metanca_mnist_cnn.get_config(arg)
-    if "smoke" not in c.options.split(","):
-        c.train_archs += ((784, 20, 20, 10), (784, "c8", "c8", 20, 10))
-        c.num_train_steps = 2000
+    add_training_archs(c, ((784, 20, 20, 10), (784, "c8", "c8", 20, 10)), 2000)
     return c

@@ -12,11 +12,10 @@ python -m experiments.train --config=metanca_mnist_corners:damage \
 """
 
 from configs import metanca_mnist_grid
+from configs.common_metanca import add_training_archs
 
 
 def get_config(arg=None):
     c = metanca_mnist_grid.get_config(arg)
-    if "smoke" not in c.options.split(","):
-        c.train_archs += ((784, 10, 10, 10),)
-        c.num_train_steps = 1000
+    add_training_archs(c, ((784, 10, 10, 10),), 1000)
     return c

@@ -16,11 +16,10 @@ python -m experiments.train --config=metanca_mnist_grid:damage \
 """
 
 from configs import metanca_mnist
+from configs.common_metanca import add_training_archs
 
 
 def get_config(arg=None):
     c = metanca_mnist.get_config(arg)
-    if "smoke" not in c.options.split(","):
-        c.train_archs += ((784, 10, 100, 10), (784, 100, 10, 10), (784, 100, 100, 10))
-        c.num_train_steps = 3000
+    add_training_archs(c, ((784, 10, 100, 10), (784, 100, 10, 10), (784, 100, 100, 10)), 3000)
     return c
