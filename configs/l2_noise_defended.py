@@ -32,6 +32,9 @@ def get_config(arg=None):
     c.defence = ml_collections.ConfigDict()
     c.defence.fraction = 0.1  # share of an attacked member's cells the adversary holds
     c.defence.attacked_share = 0.5  # share of the pool members with adversaries; the rest clean
+    # Chance that a member taken from the pool draws a new mask (0: it keeps its own until it is
+    # replaced): attacked digits are then released and must recover, formed ones hijacked.
+    c.defence.redraw = 0.0
     c.defence.target = 8  # the label the adversary pushes to
     # The game's adversary starts from a shipped adversary or an adversary's workdir (e.g.
     # adversary_eight, trained against l2_noise) instead of a fresh init; with init_from=l2_noise

@@ -258,13 +258,25 @@ def train(
             f"{config.log_every} do not fit: validate_every must be a multiple of log_every."
         )
     mesh = make_mesh()
-    trainer = make_trainer(config, mesh)
+    trainer = make_trainer(_trainer_config(config, workdir), mesh)
     primary = jax.process_index() == 0
     if primary:
         workdir_lib.prepare(workdir)
     lock = workdir_lib.lock(workdir, log=tqdm.write) if primary else contextlib.nullcontext()
     with lock:
         return _train(config, workdir, trainer, mesh, max_iterations, progress and primary)
+
+
+def _trainer_config(config: ml_collections.ConfigDict, workdir: Path):
+    """The config the trainer is built from. `init_from` (a shipped model or another workdir)
+    only gives a fresh run its params, so a run with checkpoints is built without it: it resumes
+    even where that workdir is gone (a restored bundle of a fine-tune). With checkpoints, restoring
+    either succeeds or raises; it never falls back to the fresh state."""
+    if not config.get("init_from") or not checkpoint.all_steps(workdir):
+        return config
+    built = config.copy_and_resolve_references()
+    built.init_from = ""
+    return built
 
 
 class _StopRequest:

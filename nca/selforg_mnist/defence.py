@@ -3,7 +3,9 @@ attack, `adversarial.py`): the defender and an adversary train together, as a ga
 
 Every iteration both rules roll out on one batch, the adversary on a random `fraction` of the
 cells of `attacked_share` of the pool members (fresh digits draw their mask, mutated ones keep
-theirs, as in the adversary's own training). From that one rollout:
+theirs, as in the adversary's own training, unless `redraw` > 0: then each member taken from the
+pool draws a new mask with that probability, so attacked digits are released and must recover,
+and formed digits are hijacked). From that one rollout:
 
 - the defender (`state.params`) takes a step of the article's recipe on its own cells: the L2
   loss of the alive cells the adversary does not hold, against the true label;
@@ -101,7 +103,11 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         x0, y, idx = train.assemble_batch(config, state, batch, k_pool)
         quarter = config.batch_size // 4
         fresh = draw_masks(jax.random.fold_in(key, 2), (quarter, *x0.shape[1:3]), d)
-        mask = jnp.concatenate([fresh, state.pool_masks[idx[quarter:]]])
+        kept = state.pool_masks[idx[quarter:]]
+        k_redraw, k_new = jax.random.split(jax.random.fold_in(key, 3))
+        redraw = jax.random.uniform(k_redraw, (len(kept), 1, 1, 1)) < d.get("redraw", 0.0)
+        kept = jnp.where(redraw, draw_masks(k_new, kept.shape[:3], d), kept)
+        mask = jnp.concatenate([fresh, kept])
         x, (loss, grads), (attack_loss, attack_grads) = game_gradients(
             state.params, state.adversary, mask, x0, y, k_rollout, target=d.target,
             num_steps=config.num_ca_steps, fire_rate=m.fire_rate, noise_std=m.noise_std,

@@ -35,12 +35,17 @@ RESUMABLE_CHANGES = frozenset(
     {"data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness",
      "model.table_buckets", "model.fire_compaction", "init_from", "defence.adversary_init"}
 )  # fmt: skip
+# Fields added after runs were saved, at the value that reproduces those runs: a run saved without
+# one resumes with it at that value.
+ADDED_FIELDS = {"defence.redraw": 0.0}
 
 
 def resumable(field: str, old, new, step: int) -> bool:
     """The core's bookkeeping fields, `RESUMABLE_CHANGES`, and learning-rate boundaries that only
     move later than `step` (the iterations done so far used the same rates either way)."""
     if checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES:
+        return True
+    if old is None and field in ADDED_FIELDS and new == ADDED_FIELDS[field]:
         return True
     if field == "lr_boundaries" and isinstance(old, list) and isinstance(new, list):
         return [b for b in old if b <= step] == [b for b in new if b <= step]
@@ -194,6 +199,7 @@ CONFIG_RANGES = {
     # a defended CA's config (nca/selforg_mnist/defence.py)
     "defence.fraction": config_lib.fraction(low_open=True),
     "defence.attacked_share": config_lib.fraction(),
+    "defence.redraw": config_lib.fraction(),
     "defence.target": config_lib.Range(0, model.NUM_CLASSES - 1),
 }
 

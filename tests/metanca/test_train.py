@@ -228,3 +228,22 @@ def test_init_from_starts_a_fresh_run_from_a_trained_rule(tmp_path):
         config.init_from = str(tmp_path)
     with pytest.raises(ConfigError, match="not a training workdir"):
         metanca_train.init_train_state(config)
+
+
+def test_a_fine_tune_resumes_without_its_init_from(tmp_path):
+    """A run started from `init_from` resumes from its own checkpoints after that workdir is gone
+    (a fine-tune restored from its bundle alone)."""
+    import shutil  # noqa: PLC0415
+
+    from nca import checkpoint, loop  # noqa: PLC0415
+
+    loop.train_and_evaluate(metanca_iris.get_config("smoke"), tmp_path / "source", progress=False)
+    config = metanca_iris.get_config("smoke")
+    with config.unlocked():
+        config.init_from = str(tmp_path / "source")
+        config.checkpoint_every = 4
+    loop.train_and_evaluate(config, tmp_path / "tune", max_iterations=4, progress=False)
+    shutil.rmtree(tmp_path / "source")
+    final = loop.train_and_evaluate(config, tmp_path / "tune", progress=False)
+    assert int(final.step) == config.num_train_steps
+    assert checkpoint.all_steps(tmp_path / "tune")[-1] == config.num_train_steps

@@ -79,6 +79,27 @@ def test_nobody_attacked_is_the_plain_trainers_step(mnist_dir):
     assert float(metrics["train/attacked_share"]) == 0.0
 
 
+@pytest.mark.parametrize("redraw", [0.0, 1.0])
+def test_redraw_releases_attacked_members(mnist_dir, redraw):
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke")
+    config.defence.attacked_share, config.defence.redraw = 0.0, redraw  # a new mask is empty
+    trainer = train.make_trainer(config, loop.make_mesh(1))
+    state = trainer.init_state
+    state = state.replace(pool_masks=jnp.ones_like(state.pool_masks))  # every member attacked
+    batch = loop.sample_batch(trainer.train_data, trainer.batch_size, config.seed, 0)
+    new, metrics = jax.jit(trainer.train_step)(state, batch, jax.random.fold_in(state.rng, 0))
+    # the fresh quarter draws an empty mask; the members from the pool keep theirs or are released
+    assert float(metrics["train/attacked_share"]) == (0.75 if redraw == 0 else 0.0)
+    assert int(new.pool_masks.any(axis=(1, 2, 3)).sum()) == (
+        config.pool_size - config.batch_size // 4
+        if redraw == 0
+        else config.pool_size - config.batch_size
+    )
+    # runs saved before the option existed resume with it off, and only off
+    assert train.resumable("defence.redraw", None, 0.0, 100)
+    assert not train.resumable("defence.redraw", None, 0.25, 100)
+
+
 def test_defence_run_trains_both_players_and_exports_the_defender(mnist_dir, tmp_path):
     config = tiny_config(mnist_dir, "l2_noise_defended:smoke", num_train_steps=8, log_every=2)
     final = loop.train_and_evaluate(config, tmp_path, progress=False)
