@@ -15,6 +15,14 @@
         --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
         --workdir=workdirs/l2_noise_defended_ft
 
+    # or release attacked members and hijack formed ones (each member taken from the pool draws
+    # a new mask with chance 0.25), continuing the shipped defender's game; its adversary
+    # starts from the 10k adversary of the polished defender (docs/selforg_mnist/README.md)
+    python -m experiments.train --config=l2_noise_defended --config.init_from=l2_noise_defended \
+        --config.defence.adversary_init=workdirs/adversary_def_polish --config.learning_rate=1e-4 \
+        --config.num_train_steps=5000 --config.lr_boundaries="(4000,)" \
+        --config.defence.redraw=0.25 --workdir=workdirs/l2_noise_defended_redraw
+
 The article's recipe for both players (batch 16, pool 160 with mutation, L2 after 20 steps,
 Adam 1e-3 x0.1 at 30k and 70k of 100k iterations); the defender's loss counts only its own
 cells. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply). The
