@@ -90,6 +90,13 @@ def resumable(field: str, old: Any, new: Any, step: int) -> bool:
     return field in RESUMABLE_CHANGES
 
 
+def added_field(added: dict[str, Any], field: str, old: Any, new: Any) -> bool:
+    """Whether `field` is one a system added after runs were saved (`added`: field -> the value
+    that means what its absence meant, None for any value), absent from the saved config and now
+    at that value."""
+    return old is None and field in added and added[field] in (None, new)
+
+
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
     """`{"a.b": (saved value, current value)}` for every field that differs."""
     current = json.loads(config.to_json())  # tuples -> lists, as saved

@@ -42,8 +42,8 @@ ADDED_FIELDS = {"data.validation_images": 0, "model.gate_local_hidden": None}
 
 
 def resumable(field: str, old, new, step: int) -> bool:
-    added = old is None and field in ADDED_FIELDS and ADDED_FIELDS[field] in (None, new)
-    return checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES or added
+    return (checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES
+            or checkpoint.added_field(ADDED_FIELDS, field, old, new))  # fmt: skip
 
 
 @flax.struct.dataclass

@@ -45,7 +45,7 @@ def resumable(field: str, old, new, step: int) -> bool:
     move later than `step` (the iterations done so far used the same rates either way)."""
     if checkpoint.resumable(field, old, new, step) or field in RESUMABLE_CHANGES:
         return True
-    if old is None and field in ADDED_FIELDS and new == ADDED_FIELDS[field]:
+    if checkpoint.added_field(ADDED_FIELDS, field, old, new):
         return True
     if field == "lr_boundaries" and isinstance(old, list) and isinstance(new, list):
         return [b for b in old if b <= step] == [b for b in new if b <= step]
