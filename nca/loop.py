@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from nca import checkpoint, tensorboard
 from nca import workdir as workdir_lib
-from nca.config import CORE_RANGES, ConfigError, check_ranges
+from nca.config import CORE_RANGES, ConfigError, check_ranges, field_value
 
 
 class TrainingError(RuntimeError):
@@ -267,15 +267,25 @@ def train(
         return _train(config, workdir, trainer, mesh, max_iterations, progress and primary)
 
 
+# Config fields that only give a fresh run its params (a shipped model or another workdir).
+FRESH_RUN_SOURCES = ("init_from", "defence.adversary_init")
+
+
 def _trainer_config(config: ml_collections.ConfigDict, workdir: Path):
-    """The config the trainer is built from. `init_from` (a shipped model or another workdir)
-    only gives a fresh run its params, so a run with checkpoints is built without it: it resumes
-    even where that workdir is gone (a restored bundle of a fine-tune). With checkpoints, restoring
-    either succeeds or raises; it never falls back to the fresh state."""
-    if not config.get("init_from") or not checkpoint.all_steps(workdir):
+    """The config the trainer is built from. A run with checkpoints is built without its
+    `FRESH_RUN_SOURCES`, so it resumes even where the workdir they name is gone (a restored bundle
+    of a fine-tune). With checkpoints, restoring either succeeds or raises; it never falls back to
+    the fresh state."""
+    present = [f for f in FRESH_RUN_SOURCES if field_value(config, f)]
+    if not present or not checkpoint.all_steps(workdir):
         return config
     built = config.copy_and_resolve_references()
-    built.init_from = ""
+    for field in present:
+        *parents, name = field.split(".")
+        section = built
+        for parent in parents:
+            section = section[parent]
+        section[name] = ""
     return built
 
 

@@ -130,6 +130,22 @@ def test_a_fine_tune_starts_both_players_from_shipped_models(mnist_dir):
         train.make_trainer(config, loop.make_mesh(1))
 
 
+def test_a_defence_fine_tune_resumes_without_its_adversary_workdir(mnist_dir, tmp_path):
+    """A game started from `defence.adversary_init=WORKDIR` resumes from its own checkpoints after
+    that workdir is gone (restored from its bundle alone)."""
+    import shutil  # noqa: PLC0415
+
+    loop.train_and_evaluate(tiny_config(mnist_dir, num_train_steps=2), tmp_path / "adversary",
+                            progress=False)  # fmt: skip
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke", num_train_steps=8,
+                         checkpoint_every=4)  # fmt: skip
+    config.defence.adversary_init = str(tmp_path / "adversary")
+    loop.train_and_evaluate(config, tmp_path / "game", max_iterations=4, progress=False)
+    shutil.rmtree(tmp_path / "adversary")
+    final = loop.train_and_evaluate(config, tmp_path / "game", progress=False)
+    assert int(final.step) == 8
+
+
 def test_defence_config_errors(mnist_dir):
     config = tiny_config(mnist_dir, "l2_noise_defended:smoke", use_pool=False)
     with pytest.raises(ConfigError, match="defence section trains with the pool and mutation"):
