@@ -434,7 +434,7 @@ def _previous_bundle(out: Path, config, step: int) -> Bundle | None:
     from nca import loop  # noqa: PLC0415 - as in `initial_state`
 
     try:  # the system's own rule, as the training loop's resume applies it
-        resumable = loop.system_module(config.model.get("kind")).resumable
+        resumable = loop.resumable_rule(config)
     except (ConfigError, AttributeError):
         resumable = checkpoint.resumable
     changes = checkpoint.config_differences(previous.meta["config"], config)

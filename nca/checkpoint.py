@@ -75,8 +75,9 @@ def save_params(workdir: str | Path, params: Any, config: ml_collections.ConfigD
 
 
 # The bookkeeping fields every config has: they may change when a run resumes (recorded in
-# config_changes.jsonl). A system adds its own (`Trainer.resumable`); any other difference to the
-# checkpoint's config makes it another experiment, and resuming is refused.
+# config_changes.jsonl). A system adds its own (its `train.resumable`, see `loop.resumable_rule`);
+# any other difference to the checkpoint's config makes it another experiment, and resuming is
+# refused.
 RESUMABLE_CHANGES = frozenset(
     {"name", "log_every", "checkpoint_every", "max_checkpoints_to_keep", "keep_every",
      "num_train_steps", "validate_every"}

@@ -2,10 +2,11 @@
 
 A system is a subpackage `nca.<kind>` (`config.model.kind`; a kind with a dot names a package
 outside `nca`) whose `train` module has `make_trainer(config, mesh) -> Trainer`: the fresh train
-state, a pure `train_step(state, batch, key) -> (state, metrics)`, the training set and which
-config fields may change on resume; beside it `CONFIG_RANGES` (numeric field -> `nca.config.Range`)
-and `validate_config(config)` (fields that must fit each other), which `check_config` applies with
-the core's `CORE_RANGES` before anything is compiled or written. The core keeps no list of
+state, a pure `train_step(state, batch, key) -> (state, metrics)` and the training set; beside it
+`CONFIG_RANGES` (numeric field -> `nca.config.Range`) and `validate_config(config)` (fields that
+must fit each other), which `check_config` applies with the core's `CORE_RANGES` before anything
+is compiled or written, and `resumable(field, old, new, step)` (which config fields may change on
+resume; see `resumable_rule`). The core keeps no list of
 systems: adding one adds a folder.
 `train` does the rest the same way for all of them:
 
@@ -121,8 +122,6 @@ class Trainer:
     sharded_fields: `TrainState` fields (pools) sharded along `data` by their leading axis, where
         it divides over the devices; everything else is replicated.
     shard_batch: shard the batch along `data` too (where `batch_size` divides).
-    resumable: `(field, old, new, step) -> bool`: whether a config field may change when a run
-        resumes at `step` (default: the core's bookkeeping fields only).
     validate: `(state) -> {"val/...": scalar}` on held-out data, or None; the loop calls it
         every `config.validate_every` iterations (a multiple of `log_every`) and at the end, and
         logs its metrics in that iteration's row.
@@ -134,7 +133,6 @@ class Trainer:
     batch_size: int
     sharded_fields: tuple[str, ...] = ()
     shard_batch: bool = False
-    resumable: Callable[[str, Any, Any, int], bool] = checkpoint.resumable
     validate: Callable[[TrainState], dict[str, Any]] | None = None
 
 
@@ -189,6 +187,13 @@ def system_module(kind: str, name: str = "train"):
             f"unknown model.kind {kind!r}: no module {package}.{name}. Systems here: "
             f"{', '.join(available_systems())}."
         ) from None
+
+
+def resumable_rule(config: ml_collections.ConfigDict) -> Callable[[str, Any, Any, int], bool]:
+    """`(field, old, new, step) -> bool`: whether a config field may change when a run resumes at
+    `step`. The system's own `resumable` (in `nca.<kind>.train`), else the core's bookkeeping
+    fields only (`checkpoint.resumable`). Resume and `nca.bundle` both apply it."""
+    return getattr(system_module(config.model.kind), "resumable", checkpoint.resumable)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -322,7 +327,7 @@ def _train(config, workdir: Path, trainer: Trainer, mesh, max_iterations: int | 
                               keep_period=config.get("keep_every") or None)  # fmt: skip
     start, last_saved = 0, None
     restored = checkpoint.restore_latest(
-        workdir, state, config, log=tqdm.write, resumable=trainer.resumable
+        workdir, state, config, log=tqdm.write, resumable=resumable_rule(config)
     )
     mngr.reload()  # unreadable checkpoints may have been moved away
     if restored is not None:

@@ -206,7 +206,6 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
         train_data={"images": images, "labels": labels},
         batch_size=config.batch_size,
         shard_batch=True,
-        resumable=resumable,
         validate=validate,
     )
 

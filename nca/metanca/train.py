@@ -345,5 +345,4 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
         train_step=make_train_step(config),
         train_data={"x": task["train_x"], "y": task["train_y"]},
         batch_size=config.batch_size if config.batch_size < n else 0,
-        resumable=resumable,
     )

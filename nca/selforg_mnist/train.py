@@ -327,5 +327,4 @@ def pooled_trainer(config, init, train_step, images, labels) -> loop.Trainer:
         sharded_fields=tuple(
             f.name for f in dataclasses.fields(init) if f.name.startswith("pool_")
         ),
-        resumable=resumable,
     )
