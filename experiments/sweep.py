@@ -22,7 +22,7 @@ from absl import flags
 from configs.common import OPTIONS
 from experiments import cli
 from nca import checkpoint, data, loop, report
-from nca.config import load_config
+from nca.config import field_value, load_config, set_field
 from nca.selforg_mnist import evaluate
 
 _CONFIGS = flags.DEFINE_string("configs", None, "Config names, e.g. ce,l2,l2_noise:no_pool.")
@@ -49,14 +49,14 @@ def apply_override(config, assignment: str) -> None:
     key, sep, value = assignment.partition("=")
     if not sep:
         raise cli.InputError(f"--set={assignment!r} must look like key=value.")
-    node = config
-    *parents, leaf = key.split(".")
+    missing = object()
+    current = field_value(config, key, missing)
+    if current is missing:
+        raise cli.InputError(f"cannot apply --set={assignment}: the config has no field {key!r}.")
     try:
-        for name in parents:
-            node = node[name]
-        current = node[leaf]
-        node[leaf] = type(current)(json.loads(value) if not isinstance(current, str) else value)
-    except (KeyError, AttributeError, ValueError, TypeError) as e:
+        parsed = value if isinstance(current, str) else json.loads(value)
+        set_field(config, key, type(current)(parsed))
+    except (ValueError, TypeError) as e:
         raise cli.InputError(f"cannot apply --set={assignment}: {e}") from e
 
 

@@ -147,6 +147,16 @@ def field_value(config: ml_collections.ConfigDict, name: str, default=None):
     return node
 
 
+def set_field(config: ml_collections.ConfigDict, name: str, value) -> None:
+    """Sets dotted field `name` (`model.fire_rate`) to `value`; `KeyError` if a section on the way
+    is missing."""
+    *sections, leaf = name.split(".")
+    node = config
+    for section in sections:
+        node = node[section]
+    node[leaf] = value
+
+
 def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, Range]) -> None:
     """Raises `ConfigError` naming the first field of `ranges` whose value (or one of whose
     entries) lies outside its range, with the value and the range."""

@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from nca import checkpoint, tensorboard
 from nca import workdir as workdir_lib
-from nca.config import CORE_RANGES, ConfigError, check_ranges, field_value
+from nca.config import CORE_RANGES, ConfigError, check_ranges, field_value, set_field
 
 
 class TrainingError(RuntimeError):
@@ -286,11 +286,7 @@ def _trainer_config(config: ml_collections.ConfigDict, workdir: Path):
         return config
     built = config.copy_and_resolve_references()
     for field in present:
-        *parents, name = field.split(".")
-        section = built
-        for parent in parents:
-            section = section[parent]
-        section[name] = ""
+        set_field(built, field, "")
     return built
 
 

@@ -90,11 +90,7 @@ CASES = [
 @pytest.mark.parametrize(("spec", "name", "bad"), CASES)
 def test_a_field_out_of_range_is_rejected(spec, name, bad):
     config = config_lib.load_config(spec)
-    *parents, leaf = name.split(".")
-    node = config
-    for parent in parents:
-        node = node[parent]
-    node[leaf] = with_first_entry(node[leaf], bad)
+    config_lib.set_field(config, name, with_first_entry(config_lib.field_value(config, name), bad))
     with pytest.raises(ConfigError, match=rf"^config field {name}=.* is out of range: .*must be"):
         loop.check_config(config)
 
@@ -113,11 +109,7 @@ def test_a_field_out_of_range_is_rejected(spec, name, bad):
 def test_sizes_that_must_fit_each_other(spec, fields, match):
     config = config_lib.load_config(spec)
     for name, value in fields.items():
-        *parents, leaf = name.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+        config_lib.set_field(config, name, value)
     with pytest.raises(ConfigError, match=match):
         loop.check_config(config)
 
