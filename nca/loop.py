@@ -272,8 +272,9 @@ def train(
         return _train(config, workdir, trainer, mesh, max_iterations, progress and primary)
 
 
-# Config fields that only give a fresh run its params (a shipped model or another workdir).
-FRESH_RUN_SOURCES = ("init_from", "defence.adversary_init")
+# Config fields that only give a fresh run its params (a shipped model or another workdir); a
+# run with checkpoints has them in its state.
+FRESH_RUN_SOURCES = ("init_from", "defence.adversary_init", "adversary.original")
 
 
 def _trainer_config(config: ml_collections.ConfigDict, workdir: Path):

@@ -30,7 +30,6 @@ import ml_collections
 import numpy as np
 
 from nca import loop
-from nca.config import ConfigError
 from nca.selforg_mnist import evaluate, fast, losses, model
 
 
@@ -271,27 +270,13 @@ def attack_report(config, params, other, images, labels, fractions, label: str, 
 
 @flax.struct.dataclass
 class AdversaryTrainState(loop.TrainState):
-    """`params` are the adversary's; the original is frozen, outside the state."""
+    """`params` are the adversary's. The frozen `original` is carried in the state, so a run
+    resumes from its checkpoints alone, also where the workdir it was loaded from is gone."""
 
+    original: model.Params
     pool_states: jax.Array  # (pool_size, 28, 28, 20) float32
     pool_labels: jax.Array  # (pool_size,) int32: the true digits (the loss targets `target`)
     pool_masks: jax.Array  # (pool_size, 28, 28, 1) bool: each member's adversarial cells
-
-
-def load_original(config: ml_collections.ConfigDict) -> model.Params:
-    """The frozen original of `config.adversary.original`: a shipped model's name or a workdir."""
-    from nca import checkpoint
-    from nca.selforg_mnist import pretrained
-
-    source = config.adversary.original
-    if source in pretrained.available():
-        return jax.tree.map(jnp.asarray, pretrained.load(source)[1])
-    if checkpoint.checkpoint_dir(source).is_dir():
-        return jax.tree.map(jnp.asarray, checkpoint.load_params(source)[1])
-    raise ConfigError(
-        f"adversary.original {source!r} is neither a shipped model "
-        f"({', '.join(pretrained.available())}) nor a training workdir."
-    )
 
 
 def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
@@ -301,12 +286,13 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
     from nca.selforg_mnist import train
 
     a = config.adversary
-    original = load_original(config)
     images, labels = train.load_training_data(config)
     plain = train.init_train_state(config, images, labels)
+    # Empty only when the run resumes (`loop.FRESH_RUN_SOURCES`): its checkpoint holds the original.
+    original = train.params_from(a.original, plain.params, config, "adversary.original")
     k_masks = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     init = AdversaryTrainState.create(
-        plain.params, train.make_optimizer(config), plain.rng,
+        plain.params, train.make_optimizer(config), plain.rng, original=original,
         pool_states=plain.pool_states, pool_labels=plain.pool_labels,
         pool_masks=adversary_mask(k_masks, plain.pool_states.shape[:3], a.fraction),
     )  # fmt: skip
@@ -323,8 +309,9 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         targets = jnp.full_like(y, a.target)
 
         def objective(adversary):
-            x, _ = mixed_rollout(original, adversary, mask, x0, k_rollout, config.num_ca_steps,
-                                 m.fire_rate, m.noise_std, impl=impl, second_share=a.fraction,
+            x, _ = mixed_rollout(state.original, adversary, mask, x0, k_rollout,
+                                 config.num_ca_steps, m.fire_rate, m.noise_std, impl=impl,
+                                 second_share=a.fraction,
                                  **train.table_options(config))  # fmt: skip
             return losses.l2_loss(x, targets), x
 

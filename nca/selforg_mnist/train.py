@@ -33,7 +33,8 @@ from nca.selforg_mnist import fast, losses, model, pretrained
 # the CA is computed (the same function), and where a fresh run's params come from.
 RESUMABLE_CHANGES = frozenset(
     {"data.mnist_dir", "model.impl", "model.alive_capacity", "model.exact_randomness",
-     "model.table_buckets", "model.fire_compaction", "init_from", "defence.adversary_init"}
+     "model.table_buckets", "model.fire_compaction", "init_from", "defence.adversary_init",
+     "adversary.original"}
 )  # fmt: skip
 # Fields added after runs were saved, at the value that reproduces those runs: a run saved without
 # one resumes with it at that value.

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca import loop
+from nca import checkpoint, loop
 from nca.config import ConfigError
 from nca.selforg_mnist import adversarial, fast, losses, model, pretrained, train
 from tests.selforg_mnist.test_fast import KEY, assert_grads_close, problem
@@ -160,6 +160,23 @@ def test_adversary_training_keeps_masks_of_kept_members_and_lowers_the_loss(mnis
     assert np.mean(losses_[-10:]) < 0.8 * np.mean(losses_[:10]), losses_
     _, shipped = pretrained.load(config.adversary.original)  # the original stays frozen
     assert not np.allclose(final.params["hidden"]["kernel"], shipped["hidden"]["kernel"])
+
+
+def test_an_adversary_resumes_without_its_original_workdir(mnist_dir, tmp_path):
+    """An adversary trained against `adversary.original=WORKDIR` resumes from its own checkpoints
+    (a restored bundle) after that workdir is gone, against the same frozen original."""
+    import shutil  # noqa: PLC0415
+
+    loop.train_and_evaluate(tiny_config(mnist_dir, num_train_steps=2), tmp_path / "original",
+                            progress=False)  # fmt: skip
+    _, original, _ = checkpoint.load_params(tmp_path / "original")
+    config = tiny_config(mnist_dir, "adversary_eight:smoke", num_train_steps=8, checkpoint_every=4)
+    config.adversary.original = str(tmp_path / "original")
+    loop.train_and_evaluate(config, tmp_path / "adversary", max_iterations=4, progress=False)
+    shutil.rmtree(tmp_path / "original")
+    final = loop.train_and_evaluate(config, tmp_path / "adversary", progress=False)
+    assert int(final.step) == 8
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(final.original), original)
 
 
 def test_adversary_config_errors(mnist_dir):
