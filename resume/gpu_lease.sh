@@ -48,7 +48,7 @@ case " ${LANES:=hybrid metanca} " in *" hybrid "*)
   done;;
 esac
 case " $LANES " in *" metanca "*)
-  train metanca_mnist_cnn metanca_mnist_cnn:damage --config.num_train_steps=40000 & P+=($!);;  # from 30,000
+  train metanca_mnist_cnn metanca_mnist_cnn:damage --config.num_train_steps=60000 & P+=($!);;  # from the bundle's step
 esac
 wait "${P[@]}"
 
