@@ -38,7 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from nca import checkpoint
+from nca import checkpoint, loop
 from nca import workdir as workdir_lib
 from nca.config import ConfigError
 
@@ -431,7 +431,6 @@ def _previous_bundle(out: Path, config, step: int) -> Bundle | None:
         raise BundleError(
             f"refusing to replace {out}: {e} Delete it or choose another --out."
         ) from None
-    from nca import loop  # noqa: PLC0415 - as in `initial_state`
 
     try:  # the system's own rule, as the training loop's resume applies it
         resumable = loop.resumable_rule(config)
@@ -465,8 +464,6 @@ def _rows_up_to(metrics_text: str, step: int) -> str:
 def initial_state(config: ml_collections.ConfigDict) -> Any:
     """The fresh train state (on devices) that training `config` starts from: the structure a
     bundle is restored into, and the pool a bundle without one continues with."""
-    from nca import loop  # noqa: PLC0415 - loop imports the systems lazily, as here
-
     try:
         system = loop.system_module(config.model.get("kind"))
     except ConfigError as e:
@@ -493,12 +490,9 @@ def restore(path: str | Path, workdir: str | Path, mnist_dir: str | None = None,
             log(f"the bundle's data.mnist_dir {data.mnist_dir} is not here; searching the usual "
                 f"places instead (give --mnist_dir=DIR to choose).")  # fmt: skip
             data.mnist_dir = ""
-    # The structure to restore into; `init_from` (a fine-tuned run's starting point, maybe a
-    # workdir of another session) only decides fresh params, which the bundle replaces.
-    template_config = ml_collections.ConfigDict(config.to_dict())
-    if "init_from" in template_config:
-        template_config.init_from = ""
-    template = initial_state(template_config)
+    # The structure to restore into. The sources of a fresh run's params (a fine-tune's
+    # `init_from`, maybe a workdir of another session) decide nothing the bundle does not replace.
+    template = initial_state(loop.without_fresh_run_sources(config))
     leaves = dict(bundle.state)
     if not bundle.pool_carried:
         leaves.update({k: np.asarray(v) for k, v in leaves_by_path(template).items() if is_pool(k)})

@@ -277,18 +277,24 @@ def train(
 FRESH_RUN_SOURCES = ("init_from", "defence.adversary_init", "adversary.original")
 
 
-def _trainer_config(config: ml_collections.ConfigDict, workdir: Path):
-    """The config the trainer is built from. A run with checkpoints is built without its
-    `FRESH_RUN_SOURCES`, so it resumes even where the workdir they name is gone (a restored bundle
-    of a fine-tune). With checkpoints, restoring either succeeds or raises; it never falls back to
-    the fresh state."""
-    present = [f for f in FRESH_RUN_SOURCES if field_value(config, f)]
-    if not present or not checkpoint.all_steps(workdir):
-        return config
+def without_fresh_run_sources(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` with its `FRESH_RUN_SOURCES` set to None: the config that builds the
+    train state of a run whose params come from its own checkpoint or bundle, so the shipped
+    models or workdirs they name need not exist any more."""
     built = config.copy_and_resolve_references()
-    for field in present:
-        set_field(built, field, "")
+    for field in FRESH_RUN_SOURCES:
+        if field_value(built, field, None):
+            set_field(built, field, None)
     return built
+
+
+def _trainer_config(config: ml_collections.ConfigDict, workdir: Path):
+    """The config the trainer is built from: without its `FRESH_RUN_SOURCES` once the run has
+    checkpoints (`without_fresh_run_sources`). With checkpoints, restoring either succeeds or
+    raises; it never falls back to the fresh state."""
+    if not checkpoint.all_steps(workdir):
+        return config
+    return without_fresh_run_sources(config)
 
 
 class _StopRequest:

@@ -288,7 +288,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
     a = config.adversary
     images, labels = train.load_training_data(config)
     plain = train.init_train_state(config, images, labels)
-    # Empty only when the run resumes (`loop.FRESH_RUN_SOURCES`): its checkpoint holds the original.
+    # None when the run resumes (`loop.FRESH_RUN_SOURCES`): its checkpoint holds the original.
     original = train.params_from(a.original, plain.params, config, "adversary.original")
     k_masks = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     init = AdversaryTrainState.create(

@@ -220,6 +220,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if config.get(section) and not (config.use_pool and config.mutate):
             raise ConfigError(f"a config with a {section} section trains with the pool and "
                               f"mutation (use_pool, mutate).")  # fmt: skip
+    if config.get("adversary") and config.adversary.original == "":
+        raise ConfigError(
+            f"adversary.original is empty: name the frozen original to attack, a shipped model "
+            f"({', '.join(pretrained.available())}) or a training workdir."
+        )
     if config.get("defence") and (config.get("adversary") or config.loss != "l2"):
         raise ConfigError("a defence trains the l2 loss, without an adversary section.")
     if config.use_pool and not 4 <= config.batch_size <= config.pool_size:

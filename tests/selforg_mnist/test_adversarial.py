@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca import checkpoint, loop
+from nca import bundle, checkpoint, loop
 from nca.config import ConfigError
 from nca.selforg_mnist import adversarial, fast, losses, model, pretrained, train
 from tests.selforg_mnist.test_fast import KEY, assert_grads_close, problem
@@ -162,9 +162,9 @@ def test_adversary_training_keeps_masks_of_kept_members_and_lowers_the_loss(mnis
     assert not np.allclose(final.params["hidden"]["kernel"], shipped["hidden"]["kernel"])
 
 
-def test_an_adversary_resumes_without_its_original_workdir(mnist_dir, tmp_path):
-    """An adversary trained against `adversary.original=WORKDIR` resumes from its own checkpoints
-    (a restored bundle) after that workdir is gone, against the same frozen original."""
+def test_an_adversary_resumes_from_its_bundle_without_its_original_workdir(mnist_dir, tmp_path):
+    """An adversary trained against `adversary.original=WORKDIR` is bundled, that workdir is
+    deleted, and the restored run continues against the same frozen original (its state's)."""
     import shutil  # noqa: PLC0415
 
     loop.train_and_evaluate(tiny_config(mnist_dir, num_train_steps=2), tmp_path / "original",
@@ -173,8 +173,10 @@ def test_an_adversary_resumes_without_its_original_workdir(mnist_dir, tmp_path):
     config = tiny_config(mnist_dir, "adversary_eight:smoke", num_train_steps=8, checkpoint_every=4)
     config.adversary.original = str(tmp_path / "original")
     loop.train_and_evaluate(config, tmp_path / "adversary", max_iterations=4, progress=False)
+    bundle.write(tmp_path / "adversary", tmp_path / "adversary.npz")
     shutil.rmtree(tmp_path / "original")
-    final = loop.train_and_evaluate(config, tmp_path / "adversary", progress=False)
+    bundle.restore(tmp_path / "adversary.npz", tmp_path / "restored", log=lambda *_: None)
+    final = loop.train_and_evaluate(config, tmp_path / "restored", progress=False)
     assert int(final.step) == 8
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(final.original), original)
 
@@ -184,6 +186,9 @@ def test_adversary_config_errors(mnist_dir):
     config.adversary.original = "nonexistent"
     with pytest.raises(ConfigError, match="neither a shipped model"):
         train.make_trainer(config, loop.make_mesh(1))
+    config.adversary.original = ""
+    with pytest.raises(ConfigError, match="adversary.original is empty"):
+        loop.check_config(config)
     config = tiny_config(mnist_dir, "adversary_eight:smoke", use_pool=False)
     with pytest.raises(ConfigError, match="adversary section trains with the pool and mutation"):
         train.validate_config(config)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca import checkpoint, loop
+from nca import bundle, checkpoint, loop
 from nca.config import ConfigError
 from nca.selforg_mnist import adversarial, defence, model, pretrained, train
 from tests.selforg_mnist.test_adversarial import two_rules
@@ -141,8 +141,10 @@ def test_a_defence_fine_tune_resumes_without_its_adversary_workdir(mnist_dir, tm
                          checkpoint_every=4)  # fmt: skip
     config.defence.adversary_init = str(tmp_path / "adversary")
     loop.train_and_evaluate(config, tmp_path / "game", max_iterations=4, progress=False)
+    bundle.write(tmp_path / "game", tmp_path / "game.npz")
     shutil.rmtree(tmp_path / "adversary")
-    final = loop.train_and_evaluate(config, tmp_path / "game", progress=False)
+    bundle.restore(tmp_path / "game.npz", tmp_path / "restored", log=lambda *_: None)
+    final = loop.train_and_evaluate(config, tmp_path / "restored", progress=False)
     assert int(final.step) == 8
 
 
