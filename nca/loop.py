@@ -283,7 +283,7 @@ def without_fresh_run_sources(config: ml_collections.ConfigDict) -> ml_collectio
     models or workdirs they name need not exist any more."""
     built = config.copy_and_resolve_references()
     for field in FRESH_RUN_SOURCES:
-        if field_value(built, field, None):
+        if field_value(built, field):
             set_field(built, field, None)
     return built
 

@@ -162,22 +162,29 @@ def test_adversary_training_keeps_masks_of_kept_members_and_lowers_the_loss(mnis
     assert not np.allclose(final.params["hidden"]["kernel"], shipped["hidden"]["kernel"])
 
 
-def test_an_adversary_resumes_from_its_bundle_without_its_original_workdir(mnist_dir, tmp_path):
-    """An adversary trained against `adversary.original=WORKDIR` is bundled, that workdir is
-    deleted, and the restored run continues against the same frozen original (its state's)."""
+def continue_from_bundle_without(config, source, tmp_path):
+    """Trains `config` 4 of its 8 iterations, bundles the run, deletes the workdir `source` it
+    started from, restores the bundle into a fresh workdir and trains on; the final state."""
     import shutil  # noqa: PLC0415
 
+    loop.train_and_evaluate(config, tmp_path / "run", max_iterations=4, progress=False)
+    bundle.write(tmp_path / "run", tmp_path / "run.npz")
+    shutil.rmtree(source)
+    bundle.restore(tmp_path / "run.npz", tmp_path / "restored", log=lambda *_: None)
+    final = loop.train_and_evaluate(config, tmp_path / "restored", progress=False)
+    assert int(final.step) == 8
+    return final
+
+
+def test_an_adversary_resumes_from_its_bundle_without_its_original_workdir(mnist_dir, tmp_path):
+    """An adversary trained against `adversary.original=WORKDIR` continues from its bundle after
+    that workdir is gone, against the same frozen original (its state's)."""
     loop.train_and_evaluate(tiny_config(mnist_dir, num_train_steps=2), tmp_path / "original",
                             progress=False)  # fmt: skip
     _, original, _ = checkpoint.load_params(tmp_path / "original")
     config = tiny_config(mnist_dir, "adversary_eight:smoke", num_train_steps=8, checkpoint_every=4)
     config.adversary.original = str(tmp_path / "original")
-    loop.train_and_evaluate(config, tmp_path / "adversary", max_iterations=4, progress=False)
-    bundle.write(tmp_path / "adversary", tmp_path / "adversary.npz")
-    shutil.rmtree(tmp_path / "original")
-    bundle.restore(tmp_path / "adversary.npz", tmp_path / "restored", log=lambda *_: None)
-    final = loop.train_and_evaluate(config, tmp_path / "restored", progress=False)
-    assert int(final.step) == 8
+    final = continue_from_bundle_without(config, tmp_path / "original", tmp_path)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(final.original), original)
 
 

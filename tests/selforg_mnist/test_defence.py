@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca import bundle, checkpoint, loop
+from nca import checkpoint, loop
 from nca.config import ConfigError
 from nca.selforg_mnist import adversarial, defence, model, pretrained, train
-from tests.selforg_mnist.test_adversarial import two_rules
+from tests.selforg_mnist.test_adversarial import continue_from_bundle_without, two_rules
 from tests.selforg_mnist.test_fast import KEY, assert_grads_close
 from tests.selforg_mnist.test_train import tiny_config
 
@@ -131,21 +131,14 @@ def test_a_fine_tune_starts_both_players_from_shipped_models(mnist_dir):
 
 
 def test_a_defence_fine_tune_resumes_without_its_adversary_workdir(mnist_dir, tmp_path):
-    """A game started from `defence.adversary_init=WORKDIR` resumes from its own checkpoints after
-    that workdir is gone (restored from its bundle alone)."""
-    import shutil  # noqa: PLC0415
-
+    """A game started from `defence.adversary_init=WORKDIR` continues from its bundle after that
+    workdir is gone."""
     loop.train_and_evaluate(tiny_config(mnist_dir, num_train_steps=2), tmp_path / "adversary",
                             progress=False)  # fmt: skip
     config = tiny_config(mnist_dir, "l2_noise_defended:smoke", num_train_steps=8,
                          checkpoint_every=4)  # fmt: skip
     config.defence.adversary_init = str(tmp_path / "adversary")
-    loop.train_and_evaluate(config, tmp_path / "game", max_iterations=4, progress=False)
-    bundle.write(tmp_path / "game", tmp_path / "game.npz")
-    shutil.rmtree(tmp_path / "adversary")
-    bundle.restore(tmp_path / "game.npz", tmp_path / "restored", log=lambda *_: None)
-    final = loop.train_and_evaluate(config, tmp_path / "restored", progress=False)
-    assert int(final.step) == 8
+    continue_from_bundle_without(config, tmp_path / "adversary", tmp_path)
 
 
 def test_defence_config_errors(mnist_dir):
