@@ -23,6 +23,13 @@
         --config.num_train_steps=5000 --config.lr_boundaries="(4000,)" \
         --config.defence.redraw=0.25 --workdir=workdirs/l2_noise_defended_redraw
 
+    # or no game: fine-tune the shipped l2_noise against a fresh random rule each iteration
+    # (defence.random_rules: the random rules' output scale; nobody trains them)
+    python -m experiments.train --config=l2_noise_defended --config.init_from=l2_noise \
+        --config.defence.random_rules=0.1 --config.learning_rate=1e-4 \
+        --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
+        --workdir=workdirs/l2_noise_defended_random
+
 The article's recipe for both players (batch 16, pool 160 with mutation, L2 after 20 steps,
 Adam 1e-3 x0.1 at 30k and 70k of 100k iterations); the defender's loss counts only its own
 cells. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply). The
@@ -43,6 +50,9 @@ def get_config(arg=None):
     # Chance that a member taken from the pool draws a new mask (0: it keeps its own until it is
     # replaced): attacked digits are then released and must recover, formed ones hijacked.
     c.defence.redraw = 0.0
+    # > 0: no game; every iteration the foreign cells run a fresh random rule whose output layer
+    # is Glorot-uniform times this scale (defence.random_rule), and no adversary trains.
+    c.defence.random_rules = 0.0
     c.defence.target = 8  # the label the adversary pushes to
     # The game's adversary starts from a shipped adversary or an adversary's workdir (e.g.
     # adversary_eight, trained against l2_noise) instead of a fresh init; with init_from=l2_noise

@@ -6,6 +6,8 @@
         --fractions=0.1 --num_digits=1000 --out=/tmp/attack
     python -m experiments.attack --model=l2_noise --adversary=workdirs/adversary_eight \
         --adversary_step=10000 --fractions=0.1 --num_digits=1000 --out=/tmp/attack_10k
+    python -m experiments.attack --model=l2_noise --adversary=random:0.1 --fractions=0.1 \
+        --num_digits=1000 --out=/tmp/attack_random   # faulty cells: a random rule, not trained
 
 For each adversary fraction, a fresh random mask per batch marks that share of the cells as
 the adversary's (Randazzo et al., Distill 2021; nca/selforg_mnist/adversarial.py); the
@@ -20,16 +22,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 from absl import flags
 
 from experiments import cli
 from nca import data, report
-from nca.selforg_mnist import adversarial
+from nca.selforg_mnist import adversarial, defence
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The attacked model's training workdir.")
 _MODEL = flags.DEFINE_string("model", None, "The attacked model, shipped (e.g. distill_l2_noise).")
 _ADVERSARY = flags.DEFINE_string(
-    "adversary", "distill_adversary_eight", "The adversary: a shipped name or a workdir."
+    "adversary",
+    "distill_adversary_eight",
+    "The adversary: a shipped name, a workdir, or random:SCALE (a random rule drawn with --seed, "
+    "its output layer Glorot-uniform times SCALE: defence.random_rule).",
 )
 _ADVERSARY_STEP = flags.DEFINE_integer(
     "adversary_step",
@@ -66,13 +72,34 @@ def fractions() -> list[float]:
     return values
 
 
+def load_adversary() -> dict:
+    """`--adversary` as `cli.load_shipped_or_workdir` gives models, or a random rule."""
+    kind, sep, scale = _ADVERSARY.value.partition(":")
+    if not (kind == "random" and sep):
+        return cli.load_shipped_or_workdir(
+            _ADVERSARY.value, _ADVERSARY_STEP.value, "adversary_step"
+        )
+    try:
+        scale = float(scale)
+        if not scale > 0 or _ADVERSARY_STEP.value is not None:
+            raise ValueError
+    except ValueError:
+        raise cli.InputError(
+            f"--adversary=random:SCALE takes a positive SCALE and no --adversary_step, got "
+            f"{_ADVERSARY.value!r}."
+        ) from None
+    params = defence.random_rule(jax.random.PRNGKey(_SEED.value), scale)
+    return {
+        "params": params,
+        "label": f"a random rule (output scale {scale:g}, seed {_SEED.value})",
+    }
+
+
 def main(argv):
     cli.reject_positional(argv)
     shares = fractions()
     attacked = cli.load_one_model(_WORKDIR.value, _MODEL.value)
-    adversary = cli.load_shipped_or_workdir(
-        _ADVERSARY.value, _ADVERSARY_STEP.value, "adversary_step"
-    )
+    adversary = load_adversary()
     images, labels = data.load_mnist("test", _DATA.value)
     n = _NUM_DIGITS.value
     result = adversarial.attack_report(

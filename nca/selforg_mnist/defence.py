@@ -18,6 +18,10 @@ resists the defender's moves as they happen; the defence is judged by a fresh ad
 against the frozen defender afterwards (`configs/adversary_eight.py` with
 `adversary.original=<this workdir>`), which is the attack a deployed CA would meet.
 
+With `random_rules` > 0 there is no game: every iteration the foreign cells run a fresh random
+rule (`random_rule`: `model.init_params` with its output layer drawn too, Glorot-uniform times
+`random_rules`), the defender trains against it, and `state.adversary` stays as it started.
+
 `make_trainer` is what `train.make_trainer` hands configs with a `defence` section
 (`configs/l2_noise_defended.py`).
 """
@@ -47,16 +51,21 @@ class DefenceTrainState(loop.TrainState):
 
 def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num_steps: int,
                    fire_rate: float, noise_std: float, impl: str = "table",
-                   **table_options):  # fmt: skip
+                   adversary_trains: bool = True, **table_options):  # fmt: skip
     """One mixed rollout and both players' gradients: `(final state, (defender loss, its
     gradient), (adversary loss, its gradient))`. The adversary's loss averages over the members
-    whose mask holds any cell (0 if none does). table_options: as `adversarial.mixed_rollout`'s."""
+    whose mask holds any cell (0 if none does); its gradient is None unless `adversary_trains`
+    (the backward pass then skips it). table_options: as `adversarial.mixed_rollout`'s."""
 
     def rollout(p, a):
         return adversarial.mixed_rollout(p, a, mask, x0, key, num_steps, fire_rate, noise_std,
                                          impl=impl, **table_options)[0]  # fmt: skip
 
-    x, pullback = jax.vjp(rollout, params, adversary)
+    if adversary_trains:
+        x, pullback = jax.vjp(rollout, params, adversary)
+    else:
+        x, pull_defender = jax.vjp(lambda p: rollout(p, adversary), params)
+        pullback = lambda g: (pull_defender(g)[0], None)  # noqa: E731
     attacked = jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
 
     def defender_loss(x):
@@ -95,6 +104,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
     )  # fmt: skip
     m = config.model
     impl = "table" if fast.resolve_impl(m.impl) in ("alive", "table") else "conv"
+    random_rules = d.get("random_rules", 0.0)
 
     def train_step(state, batch, key):
         # The plain trainer's keys for the pool and the rollout: with attacked_share 0 the
@@ -108,17 +118,22 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         redraw = jax.random.uniform(k_redraw, (len(kept), 1, 1, 1)) < d.get("redraw", 0.0)
         kept = jnp.where(redraw, draw_masks(k_new, kept.shape[:3], d), kept)
         mask = jnp.concatenate([fresh, kept])
+        foreign = (random_rule(jax.random.fold_in(key, 4), random_rules) if random_rules
+                   else state.adversary)  # fmt: skip
         x, (loss, grads), (attack_loss, attack_grads) = game_gradients(
-            state.params, state.adversary, mask, x0, y, k_rollout, target=d.target,
+            state.params, foreign, mask, x0, y, k_rollout, target=d.target,
             num_steps=config.num_ca_steps, fire_rate=m.fire_rate, noise_std=m.noise_std,
-            impl=impl, second_share=d.fraction, **train.table_options(config),
+            impl=impl, adversary_trains=not random_rules, second_share=d.fraction,
+            **train.table_options(config),
         )  # fmt: skip
-        updates, adversary_opt_state = optimizer.update(
-            attack_grads, state.adversary_opt_state, state.adversary
-        )
-        new = state.apply_gradients(grads, optimizer).replace(
-            adversary=optax.apply_updates(state.adversary, updates),
-            adversary_opt_state=adversary_opt_state,
+        new = state.apply_gradients(grads, optimizer)
+        if not random_rules:
+            updates, adversary_opt_state = optimizer.update(
+                attack_grads, state.adversary_opt_state, state.adversary
+            )
+            new = new.replace(adversary=optax.apply_updates(state.adversary, updates),
+                              adversary_opt_state=adversary_opt_state)  # fmt: skip
+        new = new.replace(
             pool_states=state.pool_states.at[idx].set(x),
             pool_labels=state.pool_labels.at[idx].set(y),
             pool_masks=state.pool_masks.at[idx].set(mask),
@@ -130,6 +145,16 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         return new, metrics
 
     return train.pooled_trainer(config, init, train_step, images, labels)
+
+
+def random_rule(key: jax.Array, scale: float) -> model.Params:
+    """A random foreign rule: `model.init_params`, with the output layer (which starts at zero
+    there) drawn Glorot-uniform times `scale` as well."""
+    k_init, k_output = jax.random.split(key)
+    params = model.init_params(k_init)
+    kernel = params["output"]["kernel"]
+    glorot = jax.nn.initializers.glorot_uniform()(k_output, kernel.shape, kernel.dtype)
+    return params | {"output": params["output"] | {"kernel": scale * glorot}}
 
 
 def draw_masks(key: jax.Array, shape: tuple[int, int, int], d: ml_collections.ConfigDict):

@@ -38,7 +38,7 @@ RESUMABLE_CHANGES = frozenset(
 )  # fmt: skip
 # Fields added after runs were saved, at the value that reproduces those runs: a run saved without
 # one resumes with it at that value.
-ADDED_FIELDS = {"defence.redraw": 0.0}
+ADDED_FIELDS = {"defence.redraw": 0.0, "defence.random_rules": 0.0}
 
 
 def resumable(field: str, old, new, step: int) -> bool:
@@ -201,6 +201,7 @@ CONFIG_RANGES = {
     "defence.fraction": config_lib.fraction(low_open=True),
     "defence.attacked_share": config_lib.fraction(),
     "defence.redraw": config_lib.fraction(),
+    "defence.random_rules": config_lib.at_least(0),
     "defence.target": config_lib.Range(0, model.NUM_CLASSES - 1),
 }
 

@@ -152,3 +152,41 @@ def test_defence_config_errors(mnist_dir):
     config.defence.attacked_share = 1.5
     with pytest.raises(ConfigError, match=r"defence.attacked_share=1.5 is out of range"):
         loop.check_config(config)
+
+
+def test_random_rules_train_the_defender_against_a_new_rule_each_iteration(mnist_dir):
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke")
+    config.defence.attacked_share, config.defence.random_rules = 1.0, 0.1
+    trainer = train.make_trainer(config, loop.make_mesh(1))
+    state = trainer.init_state
+    batch = loop.sample_batch(trainer.train_data, trainer.batch_size, config.seed, 0)
+    new, _ = jax.jit(trainer.train_step)(state, batch, jax.random.fold_in(state.rng, 0))
+    # a fresh defender's output layer is zero, so only it moves on the first step
+    assert not np.allclose(new.params["output"]["kernel"], state.params["output"]["kernel"])
+    for got, want in ((new.adversary, state.adversary),
+                      (new.adversary_opt_state, state.adversary_opt_state)):  # fmt: skip
+        jax.tree.map(np.testing.assert_array_equal, got, want)  # nobody trains the foreign rule
+    # the game's step against its own (untrained) adversary is another step
+    config.defence.random_rules = 0.0
+    game = train.make_trainer(config, loop.make_mesh(1))
+    game_new, _ = jax.jit(game.train_step)(state, batch, jax.random.fold_in(state.rng, 0))
+    assert not np.allclose(game_new.params["output"]["kernel"], new.params["output"]["kernel"])
+    # each key draws another rule, the output layer at `scale` times Glorot's
+    one, two = defence.random_rule(KEY, 0.1), defence.random_rule(jax.random.fold_in(KEY, 1), 0.1)
+    assert not np.allclose(one["output"]["kernel"], two["output"]["kernel"])
+    limit = 0.1 * np.sqrt(6 / (model.PERCEPTION_FILTERS + model.NUM_MUTABLE))
+    assert 0.5 * limit < np.abs(one["output"]["kernel"]).max() <= limit
+
+
+def test_the_defender_gradient_skips_a_frozen_foreign_rule():
+    params, other, mask, state, labels = two_rules()
+    kwargs = dict(target=TARGET, num_steps=20, fire_rate=0.5, noise_std=0.02, impl="conv")
+    _, (loss, grads), (_, both_other) = defence.game_gradients(
+        params, other, mask, state, labels, KEY, **kwargs
+    )
+    _, (frozen_loss, frozen_grads), (_, none) = defence.game_gradients(
+        params, other, mask, state, labels, KEY, adversary_trains=False, **kwargs
+    )
+    assert none is None and both_other is not None
+    np.testing.assert_allclose(frozen_loss, loss, rtol=1e-6)
+    assert_grads_close(frozen_grads, grads)

@@ -385,3 +385,16 @@ def test_attack_by_an_older_checkpoint_of_an_adversary_workdir(smoke_workdir, mn
         out = run(module("attack", *args, f"--adversary={adversary}", f"--adversary_step={step}"))
         assert out.returncode != 0 and "Traceback" not in out.stderr
         assert message in out.stderr.strip().splitlines()[-1], out.stderr
+
+
+def test_attack_by_a_random_rule(mnist_dir, tmp_path):
+    args = ["--model=distill_l2_noise", f"--mnist_dir={mnist_dir}", "--num_digits=8",
+            "--steps=3", "--after=0", "--batch_size=8", "--fractions=0.5",
+            "--video_digits=0", f"--out={tmp_path}"]  # fmt: skip
+    out = run(module("attack", *args, "--adversary=random:0.1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "a random rule (output scale 0.1, seed 0)" in (tmp_path / "attack.md").read_text()
+    for bad in ("random:0", "random:x", "random:"):
+        out = run(module("attack", *args, f"--adversary={bad}"))
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "error: --adversary=random:SCALE takes a positive SCALE" in out.stderr
