@@ -176,6 +176,9 @@ def test_random_rules_train_the_defender_against_a_new_rule_each_iteration(mnist
     assert not np.allclose(one["output"]["kernel"], two["output"]["kernel"])
     limit = 0.1 * np.sqrt(6 / (model.PERCEPTION_FILTERS + model.NUM_MUTABLE))
     assert 0.5 * limit < np.abs(one["output"]["kernel"]).max() <= limit
+    # runs saved before the option existed resume with it off, and only off
+    assert train.resumable("defence.random_rules", None, 0.0, 100)
+    assert not train.resumable("defence.random_rules", None, 0.1, 100)
 
 
 def test_the_defender_gradient_skips_a_frozen_foreign_rule():
