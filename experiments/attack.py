@@ -81,13 +81,13 @@ def load_adversary() -> dict:
         )
     try:
         scale = float(scale)
-        if not scale > 0 or _ADVERSARY_STEP.value is not None:
-            raise ValueError
     except ValueError:
+        scale = 0.0  # rejected below, as a non-positive one is
+    if not scale > 0 or _ADVERSARY_STEP.value is not None:
         raise cli.InputError(
             f"--adversary=random:SCALE takes a positive SCALE and no --adversary_step, got "
             f"{_ADVERSARY.value!r}."
-        ) from None
+        )
     params = defence.random_rule(jax.random.PRNGKey(_SEED.value), scale)
     return {
         "params": params,
