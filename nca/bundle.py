@@ -562,7 +562,7 @@ def continue_command(config: ml_collections.ConfigDict, workdir: str | Path) -> 
         current = load_config(name)
     except ConfigError:
         return command + "  (with the config the run was trained with)"
-    skip = {"name", "init_from"}  # init_from: a resumed run has its params already
+    skip = {"name", *loop.FRESH_RUN_SOURCES}  # a resumed run has the params they name already
     for field, (saved, now) in checkpoint.config_differences(config.to_dict(), current).items():
         if field in skip or saved is None or now is None:
             continue

@@ -225,6 +225,21 @@ def test_another_machine_s_data_folder_and_init_from_do_not_stop_a_restore(
     assert f"--config.data.mnist_dir={mnist_dir}" in command and "init_from" not in command
 
 
+def test_the_continue_command_leaves_out_what_only_starts_a_fresh_run():
+    """A restored run has the params `init_from`, `adversary.original` and
+    `defence.adversary_init` name in its state; its command names only real differences."""
+    config = load_config("l2_noise_defended")
+    config.init_from = "l2_noise"
+    config.defence.adversary_init = "workdirs/adversary_def"
+    config.learning_rate = 1e-4
+    command = bundle.continue_command(config, "workdirs/here")
+    assert "--config.learning_rate=0.0001" in command
+    assert "init_from" not in command and "adversary_init" not in command
+    adversary = load_config("adversary_eight")
+    adversary.adversary.original = "workdirs/l2_noise_defended"
+    assert "adversary.original" not in bundle.continue_command(adversary, "workdirs/here")
+
+
 def test_the_command_writes_describes_and_restores(small_run, tmp_path):
     _, root = small_run
     out = tmp_path / "resume" / "run.npz"

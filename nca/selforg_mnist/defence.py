@@ -139,9 +139,10 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
             pool_masks=state.pool_masks.at[idx].set(mask),
         )
         metrics = loop.step_metrics(state, loss, grads, schedule) | {
-            "train/adversary_loss": attack_loss,
             "train/attacked_share": jnp.mean(jnp.any(mask, axis=(1, 2, 3))),
         }
+        if not random_rules:  # a random rule has no loss of its own to log
+            metrics["train/adversary_loss"] = attack_loss
         return new, metrics
 
     return train.pooled_trainer(config, init, train_step, images, labels)
