@@ -17,6 +17,9 @@ PSNR against steps and whether each converged.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from absl import flags
 
 from experiments import cli
@@ -33,6 +36,9 @@ _MASK_SEED = flags.DEFINE_integer("mask_seed", masking.TEST_MASK_SEED, "Seed of 
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Digits per forward batch.", lower_bound=1)
 _DATA = flags.DEFINE_string("mnist_dir", None, "MNIST folder (default: as training finds it).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars.")
+_EARLIER = flags.DEFINE_string(
+    "earlier", None, "An earlier restore.json whose runs (workdirs gone) join this table's seeds; "
+    "its validation.json beside it joins the curves.")  # fmt: skip
 flags.mark_flags_as_required(["classifier"])
 
 
@@ -58,10 +64,25 @@ def main(argv):
         mnist_dir=_DATA.value,
         progress=_PROGRESS.value,
     )
-    validation = summary.validation_report(_WORKDIRS.value)  # runs with data.validation_images
+    earlier_curves = {}
+    if _EARLIER.value:
+        earlier = Path(_EARLIER.value)
+        if not earlier.is_file():
+            raise cli.InputError(f"--earlier={earlier} is no file; give an earlier restore.json.")
+        try:
+            run["result"] = evaluate.with_earlier(run["result"], json.loads(earlier.read_text()),
+                                                  str(earlier))  # fmt: skip
+        except ValueError as e:
+            raise cli.InputError(str(e)) from e
+        curves = earlier.with_name("validation.json")
+        earlier_curves = json.loads(curves.read_text()) if curves.is_file() else {}
+    # runs with data.validation_images
+    validation = summary.validation_report(_WORKDIRS.value, earlier_curves)
     for result in [*summary.reports(run), *([validation] if validation else [])]:
         report.write(_OUT.value or _WORKDIRS.value[0], result, dpi=90, tight=False, indent=1)
     for row in run["result"]["models"]:  # each restorer's scores next to its training curves
+        if "earlier" in row:
+            continue
         tensorboard.write_summary(row["workdir"], row["checkpoint_step"], summary_scalars(row))
     return run["result"]
 

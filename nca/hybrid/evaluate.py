@@ -229,6 +229,34 @@ def check_targets(groups: dict[str, dict], baselines: dict[str, dict]) -> dict[s
     return {k: {"value": float(v), "met": bool(ok)} for k, (v, ok) in t.items()}
 
 
+def with_earlier(result: dict, earlier: dict, source: str) -> dict:
+    """`result` (`run_experiment`'s) with the `models` rows of an earlier `restore.json`
+    (`earlier`) it did not re-evaluate (same workdir), marked `"earlier": source`, counted in its
+    groups and targets: one table's seeds trained in different sessions, whose workdirs are gone.
+    Raises ValueError unless both used the same test digits, masks and classifier."""
+    same = ("test_digits", "hidden_pixels_per_digit", "mask_seed")
+    for key in same:
+        if earlier["protocol"][key] != result["protocol"][key]:
+            raise ValueError(
+                f"{source} was measured with {key}={earlier['protocol'][key]}, this run with "
+                f"{result['protocol'][key]}; evaluate with the same protocol to combine them."
+            )
+    then, now = earlier["classifier"], result["classifier"]
+    if then["clean_test_digit_id"] != now["clean_test_digit_id"]:
+        raise ValueError(
+            f"{source}'s classifier scored {then['clean_test_digit_id']} on clean test digits, "
+            f"--classifier {now['clean_test_digit_id']}: not the same classifier, so digit-ID "
+            f"would not compare; retrain it with its recipe (digit_classifier) or pass its workdir."
+        )
+    fresh = {r["workdir"] for r in result["models"]}
+    kept = [r | {"earlier": r.get("earlier", source)} for r in earlier["models"]
+            if r["workdir"] not in fresh]  # fmt: skip
+    rows = kept + result["models"]
+    groups = aggregate(rows)
+    return result | {"models": rows, "groups": groups,
+                     "targets": check_targets(groups, result["baselines"])}  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # The whole experiment: files in `out`
 

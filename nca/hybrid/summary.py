@@ -98,7 +98,8 @@ def markdown(result: dict) -> str:
         for r in result["models"]:
             drop = f"{100 * r['damage_digit_id_drop']:.1f}" if "damaged" in r else "n/a"
             lines.append(_row([
-                r["workdir"], str(r["seed"]), f"{r['psnr']:.2f}", f"{r['psnr_hidden']:.2f}",
+                r["workdir"] + (f" (from {r['earlier']})" if "earlier" in r else ""),
+                str(r["seed"]), f"{r['psnr']:.2f}", f"{r['psnr_hidden']:.2f}",
                 f"{100 * r['digit_id']:.1f}%", drop,
             ]))  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -153,13 +154,14 @@ def converged(steps, psnr, tail: float = CONVERGED_TAIL, tol: float = CONVERGED_
     return bool(late.any() and (~late).any() and psnr[late].max() <= psnr[~late].max() + tol)
 
 
-def validation_report(workdirs) -> report.Report | None:
+def validation_report(workdirs, earlier: dict | None = None) -> report.Report | None:
     """`validation`: each workdir's `val/psnr` against training steps (figure), its best and
-    whether it converged (`converged`; Markdown, JSON); None if no workdir validated."""
+    whether it converged (`converged`; Markdown, JSON); None if no workdir validated. `earlier`:
+    the runs of an earlier `validation.json` (workdirs gone), shown first unless re-read."""
     import json
     from pathlib import Path
 
-    runs = {}
+    runs = {wd: r for wd, r in (earlier or {}).items() if wd not in map(str, workdirs)}
     for wd in workdirs:
         path = Path(wd) / "metrics.jsonl"
         lines = path.read_text().splitlines() if path.is_file() else []

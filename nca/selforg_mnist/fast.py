@@ -97,9 +97,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry2x32_p
 from jax.sharding import PartitionSpec as P
 
+from nca.draws import normal_rows
 from nca.selforg_mnist import model
 
 IMPLS = ("auto", "conv", "im2col", "alive", "table")
@@ -331,34 +331,6 @@ def _to_grid(state: jax.Array, table: jax.Array, geo) -> jax.Array:
     """`state` with the alive cells' mutable channels from `table` (`(rows, C)`)."""
     flat = state.reshape(-1, state.shape[-1])
     return flat.at[geo["grid"], 1:].set(table[:, 1:], mode="drop").reshape(state.shape)
-
-
-def normal_rows(key: jax.Array, index: jax.Array, num_rows: int, width: int) -> jax.Array:
-    """`jax.random.normal(key, (num_rows, width))[index]` (`(len(index), width)`; any value for
-    an out-of-range index), drawing only the rows in `index`. The default `threefry2x32` draws
-    element `i` of a flat array from counter `i` alone (`jax_threefry_partitionable`), so the
-    counters of the chosen rows give their numbers bit for bit, at the cost of those rows only;
-    with another generator, or more than 2**32 elements, the whole array is drawn and
-    gathered. The test checks it against `jax.random.normal`."""
-    raw_threefry = (
-        jax.config.jax_threefry_partitionable
-        and jax.config.jax_default_prng_impl == "threefry2x32"
-        and key.dtype == jnp.uint32
-        and key.shape == (2,)
-        and num_rows * width < 2**32
-    )
-    if not raw_threefry:
-        return _take(jax.random.normal(key, (num_rows, width)), index, 0.0)
-    counter = index.astype(jnp.uint32)[:, None] * width + jnp.arange(width, dtype=jnp.uint32)
-    bits1, bits2 = threefry2x32_p.bind(key[0], key[1], jnp.zeros_like(counter), counter)
-    # `jax.random.uniform(minval=nextafter(-1, 0), maxval=1)` from 32 bits, then `normal`'s
-    # sqrt(2) * erfinv, as jax.random computes them
-    mantissa = jax.lax.shift_right_logical(bits1 ^ bits2, jnp.uint32(32 - 23))
-    one = jnp.uint32(np.float32(1.0).view(np.uint32))
-    floats = jax.lax.bitcast_convert_type(mantissa | one, jnp.float32) - np.float32(1.0)
-    low, high = np.nextafter(np.float32(-1.0), np.float32(0.0)), np.float32(1.0)
-    uniform = jax.lax.max(low, floats * (high - low) + low)
-    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(uniform)
 
 
 def _step_randomness(key_t, state, geo, fire_rate, noise_std, exact_randomness):

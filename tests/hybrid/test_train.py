@@ -12,6 +12,8 @@ import pytest
 from nca.config import ConfigError, load_config
 from nca.hybrid import evaluate, masking, metrics, models, summary, train
 
+KEY = jax.random.PRNGKey(7)
+
 
 @pytest.fixture(scope="module")
 def configs():
@@ -312,3 +314,88 @@ def test_ca_update_is_a_grouped_convolution_values_and_gradients(params):
     want = jax.grad(loss(_ca_update_grouped_conv), argnums=(0, 1))(p, s)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Microbatches (the CPU training path)
+
+
+@pytest.mark.parametrize("name", ["hybrid_ca_only:smoke", "hybrid:smoke"])
+def test_microbatches_give_the_batch_s_gradient_with_the_same_random_numbers(name):
+    """The batch's gradient summed over microbatches of 2 digits: the same loss (each
+    microbatch draws its digits' rows of the batch's noise and dropout; drawing its own moves the
+    loss by about 5e-4) and the same gradient up to float rounding, every leaf
+    non-zero (params perturbed off the zero-initialised layers)."""
+    results = []
+    for micro in (8, 2):
+        c = load_config(name)
+        c.batch_size, c.microbatch = 8, micro
+        params = models.init_params(jax.random.PRNGKey(0), c.model)
+        params = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(KEY, x.shape), params)
+        images = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28))
+        batch = {"images": images, "labels": jnp.zeros((8,), jnp.int32)}
+        results.append(jax.jit(train.make_batch_gradient(c))(params, batch, KEY))
+    ((loss, extra), grads), ((loss_mb, extra_mb), grads_mb) = results
+    np.testing.assert_allclose(loss_mb, loss, rtol=1e-6)
+    np.testing.assert_allclose(extra_mb["train/psnr"], extra["train/psnr"], rtol=1e-6)
+    for g, want in zip(jax.tree.leaves(grads_mb), jax.tree.leaves(grads), strict=True):
+        assert float(jnp.abs(want).max()) > 0
+        np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_microbatch_size_auto_and_errors(configs):
+    c = load_config("hybrid_ca_only:blog_budget")
+    assert train.microbatch_size(c) == train.CPU_MICROBATCH  # this CPU
+    c.batch_size = 4
+    assert train.microbatch_size(c) == 4
+    autoencoder = configs["cnn_autoencoder"]
+    assert train.microbatch_size(autoencoder) == autoencoder.batch_size
+    c.microbatch = 3
+    with pytest.raises(ConfigError, match="microbatch must divide batch_size"):
+        train.validate_config(c)
+    # runs saved before the field resume with it at any value, and may change it
+    assert train.resumable("microbatch", None, 0, 100) and train.resumable("microbatch", 8, 4, 100)
+
+
+def _result(rows, clean=0.99, digits=100):
+    protocol = {"test_digits": digits, "hidden_pixels_per_digit": 549, "mask_seed": 1234}
+    baselines = {"masked input": {"digit_id": 0.5}}
+    groups = evaluate.aggregate(rows)
+    return {"protocol": protocol, "classifier": {"clean_test_digit_id": clean}, "models": rows,
+            "baselines": baselines, "groups": groups,
+            "targets": evaluate.check_targets(groups, baselines)}  # fmt: skip
+
+
+def test_earlier_runs_join_the_table_s_seeds():
+    """Seeds evaluated in another session (workdirs gone) count in the groups; a re-evaluated
+    workdir replaces its earlier row; another protocol or classifier is refused."""
+
+    def row(workdir, psnr):
+        return {"model": "ca_only", "workdir": workdir, "psnr": psnr, "psnr_hidden": psnr - 1,
+                "digit_id": 0.98}  # fmt: skip
+
+    earlier = _result([row("wd/s0", 22.0), row("wd/s1", 20.0)])
+    merged = evaluate.with_earlier(_result([row("wd/s1", 23.0)]), earlier, "old/restore.json")
+    assert [r["workdir"] for r in merged["models"]] == ["wd/s0", "wd/s1"]
+    assert (
+        merged["models"][0]["earlier"] == "old/restore.json"
+        and "earlier" not in merged["models"][1]
+    )
+    assert merged["groups"]["ca_only"]["seeds"] == 2
+    assert merged["groups"]["ca_only"]["psnr"] == pytest.approx(22.5)
+    assert merged["groups"]["ca_only"]["psnr_std"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="not the same classifier"):
+        evaluate.with_earlier(_result([row("wd/s1", 23.0)], clean=0.98), earlier, "old")
+    with pytest.raises(ValueError, match="test_digits=100"):
+        evaluate.with_earlier(_result([row("wd/s1", 23.0)], digits=24), earlier, "old")
+
+
+def test_earlier_validation_curves_join_the_figure(tmp_path):
+    run = tmp_path / "s1"
+    run.mkdir()
+    lines = [{"step": s, "val/psnr": 20.0 + s / 1000} for s in range(1000, 6000, 1000)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    earlier = {"wd/s0": {"steps": [1, 2], "psnr": [1.0, 2.0], "best": 2.0, "best_step": 2,
+                         "converged": False}, str(run): {"stale": True}}  # fmt: skip
+    runs = summary.validation_report([run], earlier).data
+    assert list(runs) == ["wd/s0", str(run)] and runs[str(run)]["best"] == pytest.approx(25.0)

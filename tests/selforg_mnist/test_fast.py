@@ -335,19 +335,3 @@ def test_per_device_rollout_splits_the_batch_and_draws_per_device():
         print("per-device ok")
     """)
     assert "per-device ok" in run_python(script)
-
-
-@pytest.mark.parametrize("partitionable", [True, False])
-def test_normal_rows_are_the_rows_of_a_whole_draw(partitionable):
-    """`normal_rows` computes only the chosen rows of `jax.random.normal`'s draw, bit for bit (the
-    counters of those rows; with the other threefry mode, a whole draw); an out-of-range index
-    (a compact table's unused slot) gives some finite value."""
-    index = jnp.array([0, 5, 6, 977, 999, 1000])
-    with jax.threefry_partitionable(partitionable):
-        want = jax.random.normal(KEY, (1000, 19))[index[:-1]]
-        got = fast.normal_rows(KEY, index, 1000, 19)
-    np.testing.assert_array_equal(got[:-1], want)
-    assert bool(jnp.all(jnp.isfinite(got)))
-    typed = jax.random.wrap_key_data(KEY)  # a typed key: the whole draw, gathered
-    want = jax.random.normal(typed, (1000, 19))[index[:-1]]
-    np.testing.assert_array_equal(fast.normal_rows(typed, index[:-1], 1000, 19), want)
