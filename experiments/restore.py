@@ -76,8 +76,7 @@ def main(argv):
             raise cli.InputError(str(e)) from e
         curves = earlier.with_name("validation.json")
         earlier_curves = json.loads(curves.read_text()) if curves.is_file() else {}
-    # runs with data.validation_images
-    validation = summary.validation_report(_WORKDIRS.value, earlier_curves)
+    validation = summary.validation_report(_WORKDIRS.value, earlier_curves)  # validated runs
     for result in [*summary.reports(run), *([validation] if validation else [])]:
         report.write(_OUT.value or _WORKDIRS.value[0], result, dpi=90, tight=False, indent=1)
     for row in run["result"]["models"]:  # each restorer's scores next to its training curves

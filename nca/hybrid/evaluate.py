@@ -234,8 +234,7 @@ def with_earlier(result: dict, earlier: dict, source: str) -> dict:
     (`earlier`) it did not re-evaluate (same workdir), marked `"earlier": source`, counted in its
     groups and targets: one table's seeds trained in different sessions, whose workdirs are gone.
     Raises ValueError unless both used the same test digits, masks and classifier."""
-    same = ("test_digits", "hidden_pixels_per_digit", "mask_seed")
-    for key in same:
+    for key in ("test_digits", "hidden_pixels_per_digit", "mask_seed"):
         if earlier["protocol"][key] != result["protocol"][key]:
             raise ValueError(
                 f"{source} was measured with {key}={earlier['protocol'][key]}, this run with "
