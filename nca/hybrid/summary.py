@@ -161,7 +161,8 @@ def validation_report(workdirs, earlier: dict | None = None) -> report.Report | 
     import json
     from pathlib import Path
 
-    runs = {wd: r for wd, r in (earlier or {}).items() if wd not in map(str, workdirs)}
+    reread = {str(wd) for wd in workdirs}
+    runs = {wd: r for wd, r in (earlier or {}).items() if wd not in reread}
     for wd in workdirs:
         path = Path(wd) / "metrics.jsonl"
         lines = path.read_text().splitlines() if path.is_file() else []
