@@ -27,9 +27,9 @@ def _rows_computable(key: jax.Array, num_rows: int, width: int) -> bool:
     )
 
 
-def _take(array: jax.Array, index: jax.Array) -> jax.Array:
-    """`array[index]` along axis 0; 0 for an out-of-range index."""
-    return array.at[index].get(mode="fill", fill_value=0)
+def take(array: jax.Array, index: jax.Array, fill=0) -> jax.Array:
+    """`array[index]` along axis 0; `fill` for an out-of-range index."""
+    return array.at[index].get(mode="fill", fill_value=fill)
 
 
 def _unit_floats(key: jax.Array, index: jax.Array, width: int) -> jax.Array:
@@ -47,7 +47,7 @@ def uniform_rows(key: jax.Array, index: jax.Array, num_rows: int, width: int) ->
     """`jax.random.uniform(key, (num_rows, width))[index]` (`(len(index), width)` float32 in
     [0, 1); any value for an out-of-range index)."""
     if not _rows_computable(key, num_rows, width):
-        return _take(jax.random.uniform(key, (num_rows, width)), index)
+        return take(jax.random.uniform(key, (num_rows, width)), index)
     return _unit_floats(key, index, width)
 
 
@@ -55,7 +55,7 @@ def normal_rows(key: jax.Array, index: jax.Array, num_rows: int, width: int) -> 
     """`jax.random.normal(key, (num_rows, width))[index]` (`(len(index), width)`; any value for
     an out-of-range index)."""
     if not _rows_computable(key, num_rows, width):
-        return _take(jax.random.normal(key, (num_rows, width)), index)
+        return take(jax.random.normal(key, (num_rows, width)), index)
     # `normal`'s uniform on (-1, 1), then sqrt(2) * erfinv, as jax.random computes them
     low, high = np.nextafter(np.float32(-1.0), np.float32(0.0)), np.float32(1.0)
     uniform = jax.lax.max(low, _unit_floats(key, index, width) * (high - low) + low)

@@ -99,7 +99,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from nca.draws import normal_rows
+from nca.draws import normal_rows, take
 from nca.selforg_mnist import model
 
 IMPLS = ("auto", "conv", "im2col", "alive", "table")
@@ -246,11 +246,6 @@ def _fired(fire: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
     return index, position
 
 
-def _take(array: jax.Array, index: jax.Array, fill) -> jax.Array:
-    """`array[index]` along axis 0, `fill` for an out-of-range index."""
-    return array.at[index].get(mode="fill", fill_value=fill)
-
-
 def table_sizes(num_cells: int, capacity_fraction: float, num_buckets: int) -> tuple[int, ...]:
     """The static table sizes (rows) `table` compiles, smallest first: `capacity_fraction` of
     the cells, then x0.9 each, rounded up to 64 rows (fewer if they coincide)."""
@@ -346,7 +341,7 @@ def _step_randomness(key_t, state, geo, fire_rate, noise_std, exact_randomness):
         num_draws = state[..., 0].size
 
         def draw_index(index):
-            return _take(geo["grid"], index, num_draws)
+            return take(geo["grid"], index, num_draws)
     else:  # the numbers `alive` draws (a prefix of them: same key, fewer rows)
         fire = jax.random.uniform(k_fire, (rows, 1))[:, 0] <= fire_rate
         num_draws = rows
@@ -395,7 +390,7 @@ def _row_updates(params, kernel, table, const, neighbours, index=None, chunk=Non
     def of(index):
         if index is None:
             return _mlp_forward(params, kernel, table, const, neighbours)[0]
-        row_const, row_neighbours = _take(const, index, 0.0), _take(neighbours, index, rows)
+        row_const, row_neighbours = take(const, index, 0.0), take(neighbours, index, rows)
         return _mlp_forward(params, kernel, table, row_const, row_neighbours)[0]
 
     n = rows if index is None else index.shape[0]
@@ -508,7 +503,7 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
         )
 
         def fired_rows(index):  # only the fired rows compute their updates and draw their noise
-            ds = updates(table, index, _take(other_rows, index, False)) + noise(index)
+            ds = updates(table, index, take(other_rows, index, False)) + noise(index)
             return table.at[index, 1:].add(ds, mode="drop", indices_are_sorted=not split)
 
         def every_row():
@@ -590,13 +585,13 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
         table, fire = xs
 
         def compact(index):  # every row taken fired: its update's cotangent is the table's
-            def take(array, fill):
-                return _take(array, index, fill)
+            def at_index(array, fill):
+                return take(array, index, fill)
 
-            row_const, neighbours = take(const, 0.0), take(geo["neighbours"], rows)
-            g_fired = take(g_table[:, 1:], 0.0)
+            row_const, neighbours = at_index(const, 0.0), at_index(geo["neighbours"], rows)
+            g_fired = at_index(g_table[:, 1:], 0.0)
             first = capacity[0] if isinstance(capacity, tuple) else None
-            return grads(table, row_const, neighbours, take(other_rows, False), g_fired, first)
+            return grads(table, row_const, neighbours, at_index(other_rows, False), g_fired, first)
 
         def every_row():
             g_fired = jnp.where(fire[:, None], g_table[:, 1:], 0.0)
@@ -604,7 +599,7 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
 
         g_perception, increments = _on_fired_rows(
             fire, capacity, compact, every_row,
-            lambda out, position: (_take(out[0], position, 0.0), out[1]), other_rows,
+            lambda out, position: (take(out[0], position, 0.0), out[1]), other_rows,
         )  # fmt: skip
         new_acc = jax.tree.map(jnp.add, acc, increments)
         g_patches = jnp.concatenate([g_perception.reshape(rows * 9, c), zero_slot])
