@@ -10,9 +10,10 @@ pooled); digit-ID of the frozen classifier on clean / masked / restored digits; 
 (30 % of lattice cells zeroed after step 5 of 10); FLOPs per sample (XLA's cost analysis beside
 the analytic count); throughput on this machine; trivial baselines (masked input, mean fill);
 the blog's numbers beside ours; report-only noise valleys. Several workdirs of one model (seeds)
-are averaged. Writes `<out>/restore.json`, `restore.md`, `restore.png`, and for runs trained
-with held-out validation digits (`:blog_budget`) `validation.{md,json,png}`: their validation
-PSNR against steps and whether each converged.
+are averaged. Writes `<out>/restore.json`, `restore.md`, `restore.png`, `restore_panels.npz`
+(the figures' images, which a later `--earlier` draws again: each model's row stays the one of
+its first evaluated run), and for runs trained with held-out validation digits (`:blog_budget`)
+`validation.{md,json,png}`: their validation PSNR against steps and whether each converged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from absl import flags
 
 from experiments import cli
@@ -40,6 +42,7 @@ _EARLIER = flags.DEFINE_string(
     "earlier", None, "An earlier restore.json whose runs (workdirs gone) join this table's seeds; "
     "its validation.json beside it joins the curves.")  # fmt: skip
 flags.mark_flags_as_required(["classifier"])
+PANELS = "restore_panels.npz"  # the figures' images, for a later --earlier evaluation
 
 
 def main(argv):
@@ -76,9 +79,18 @@ def main(argv):
             raise cli.InputError(str(e)) from e
         curves = earlier.with_name("validation.json")
         earlier_curves = json.loads(curves.read_text()) if curves.is_file() else {}
+        panels = earlier.with_name(PANELS)
+        if panels.is_file():
+            with np.load(panels) as arrays:
+                try:
+                    run = summary.with_earlier_panels(run, dict(arrays), str(panels))
+                except ValueError as e:
+                    raise cli.InputError(str(e)) from e
     validation = summary.validation_report(_WORKDIRS.value, earlier_curves)  # validated runs
+    out = Path(_OUT.value or _WORKDIRS.value[0])
     for result in [*summary.reports(run), *([validation] if validation else [])]:
-        report.write(_OUT.value or _WORKDIRS.value[0], result, dpi=90, tight=False, indent=1)
+        report.write(out, result, dpi=90, tight=False, indent=1)
+    np.savez_compressed(out / PANELS, **summary.panel_arrays(run))
     for row in run["result"]["models"]:  # each restorer's scores next to its training curves
         if "earlier" in row:
             continue

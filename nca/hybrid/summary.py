@@ -17,6 +17,31 @@ def reports(run: dict) -> list[report.Report]:
     return out
 
 
+def panel_arrays(run: dict) -> dict[str, np.ndarray]:
+    """The figures' images (`run_experiment`'s `clean`, `masked`, `panels`, `noise_panels`) as
+    8-bit arrays, the content of `restore_panels.npz`: a later `--earlier` evaluation draws
+    these runs' rows from them once their workdirs are gone."""
+    arrays = {"clean": run["clean"], "masked": run["masked"]}
+    arrays |= {f"panel/{k}": v for k, v in run["panels"].items()}
+    arrays |= {f"noise/{k}": v for k, v in run["noise_panels"].items()}
+    return {k: np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for k, v in arrays.items()}
+
+
+def with_earlier_panels(run: dict, arrays: dict[str, np.ndarray], source: str) -> dict:
+    """`run` whose figures also show the rows of an earlier evaluation (`panel_arrays`'s
+    `arrays`): each model keeps the row it was first drawn with, earlier rows first."""
+    if arrays["clean"].shape != run["clean"].shape or np.any(
+        np.abs(arrays["clean"] / 255 - run["clean"]) > 1 / 255
+    ):
+        raise ValueError(f"{source} shows other test digits than this run; give the panels of "
+                         "an evaluation with the same --num_digits.")  # fmt: skip
+    out = dict(run)
+    for prefix, key in (("panel/", "panels"), ("noise/", "noise_panels")):
+        rows = {k.removeprefix(prefix): v / 255 for k, v in arrays.items() if k.startswith(prefix)}
+        out[key] = rows | {k: v for k, v in run[key].items() if k not in rows}
+    return out
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 

@@ -121,6 +121,16 @@ def test_restore_experiment_writes_table_json_and_figure(trained, mnist_dir, tmp
     step = hybrid["checkpoint_step"]
     assert scalars[("eval/restore/psnr", step)] == pytest.approx(hybrid["psnr"])
     assert ("eval/restore/damaged_psnr", step) in scalars
+    # a later evaluation of one workdir joins the other's row and figure rows with --earlier
+    again = [c for c in cmd if c != f"--workdir={trained['hybrid']}" and c != f"--out={out}"]
+    again += [f"--out={out}2", f"--earlier={out / 'restore.json'}"]
+    proc = subprocess.run(again, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["model"] for r in json.loads((tmp_path / "out2" / "restore.json").read_text())[
+        "models"]] == ["hybrid", "autoencoder"]  # fmt: skip
+    with np.load(out / "restore_panels.npz") as first, np.load(f"{out}2/restore_panels.npz") as b:
+        assert {"panel/hybrid", "panel/hybrid damaged", "panel/autoencoder"} <= set(b.files)
+        np.testing.assert_array_equal(first["panel/hybrid"], b["panel/hybrid"])
 
 
 def test_restore_refuses_a_classifier_as_restorer(trained, mnist_dir):

@@ -399,3 +399,28 @@ def test_earlier_validation_curves_join_the_figure(tmp_path):
                          "converged": False}, str(run): {"stale": True}}  # fmt: skip
     runs = summary.validation_report([run], earlier).data
     assert list(runs) == ["wd/s0", str(run)] and runs[str(run)]["best"] == pytest.approx(25.0)
+
+
+def test_earlier_figure_rows_join_the_figure():
+    """`restore_panels.npz` round trip: a later evaluation draws the earlier runs' rows (8-bit,
+    as stored) first, keeps each model's first row, and refuses other test digits."""
+    rng = np.random.default_rng(0)
+
+    def run(*labels):
+        images = {label: rng.uniform(size=(10, 28, 28)) for label in labels}
+        return {"clean": clean, "masked": clean * 0.5, "panels": images,
+                "noise_panels": {labels[0]: rng.uniform(size=(10, 28, 28))}}  # fmt: skip
+
+    clean = rng.uniform(size=(10, 28, 28))
+    before, now = run("CA only", "CA only damaged"), run("local gate", "CA only")
+    stored = summary.panel_arrays(before)
+    assert stored["panel/CA only"].dtype == np.uint8
+    merged = summary.with_earlier_panels(now, stored, "old")
+    assert list(merged["panels"]) == ["CA only", "CA only damaged", "local gate"]
+    np.testing.assert_allclose(
+        merged["panels"]["CA only"], before["panels"]["CA only"], atol=0.5 / 255
+    )
+    assert merged["panels"]["local gate"] is now["panels"]["local gate"]
+    assert list(merged["noise_panels"]) == ["CA only", "local gate"]
+    with pytest.raises(ValueError, match="other test digits"):
+        summary.with_earlier_panels(now | {"clean": clean[:5]}, stored, "old")
