@@ -264,7 +264,8 @@ def run_lattice(
     step's activations in the backward pass instead of storing them (`jax.checkpoint`): with the
     small working set, a CPU trains 1.6-2.3x faster (`benchmarks/hybrid_speed`). The state noise
     stays outside the recomputed part: the backward pass does not need it, and drawing it again
-    cost 12 % of a CA-only or local-gate step."""
+    cost 12 % of a microbatch's gradient, 3-6 % of a CA-only or local-gate training step (best
+    of 6 interleaved rounds, one core; this CPU's step times vary by 10-20 % between rounds)."""
 
     def noiseless(s, k):
         return ca_step_noiseless(params, s, m, k, rows)
