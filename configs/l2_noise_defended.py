@@ -30,6 +30,13 @@
         --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
         --workdir=workdirs/l2_noise_defended_random
 
+    # or the fine-tune above, where attacked members only must not vote 8 (their loss counts the
+    # target's class channel alone: defence.attacked_loss)
+    python -m experiments.train --config=l2_noise_defended --config.init_from=l2_noise \
+        --config.defence.adversary_init=adversary_eight --config.learning_rate=1e-4 \
+        --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
+        --config.defence.attacked_loss=not_target --workdir=workdirs/l2_noise_defended_nt
+
 The article's recipe for both players (batch 16, pool 160 with mutation, L2 after 20 steps,
 Adam 1e-3 x0.1 at 30k and 70k of 100k iterations); the defender's loss counts only its own
 cells. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply). The
@@ -54,6 +61,9 @@ def get_config(arg=None):
     # is Glorot-uniform times this scale (defence.random_rule), and no adversary trains.
     c.defence.random_rules = 0.0
     c.defence.target = 8  # the label the adversary pushes to
+    # The defender's loss on attacked members: "label" (all class channels, as on clean ones) or
+    # "not_target" (only the target's channel: their cells must not vote for it).
+    c.defence.attacked_loss = "label"
     # The game's adversary starts from a shipped adversary or an adversary's workdir (e.g.
     # adversary_eight, trained against l2_noise) instead of a fresh init; with init_from=l2_noise
     # the game fine-tunes the shipped model against its own attacker.

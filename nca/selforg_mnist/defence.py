@@ -8,7 +8,9 @@ pool draws a new mask with that probability, so attacked digits are released and
 and formed digits are hijacked). From that one rollout:
 
 - the defender (`state.params`) takes a step of the article's recipe on its own cells: the L2
-  loss of the alive cells the adversary does not hold, against the true label;
+  loss of the alive cells the adversary does not hold, against the true label (with
+  `attacked_loss = "not_target"`, on the attacked members only the target's class channel
+  counts: their cells must not vote for the target, but need not hold their label);
 - the adversary (`state.adversary`) takes a step of the notebook's adversary recipe against the
   defender as it is now: the L2 loss of every alive cell of the attacked members against
   `target`.
@@ -37,6 +39,8 @@ import optax
 from nca import loop
 from nca.selforg_mnist import adversarial, fast, losses, model
 
+ATTACKED_LOSSES = ("label", "not_target")  # the defender's loss on attacked members
+
 
 @flax.struct.dataclass
 class DefenceTrainState(loop.TrainState):
@@ -51,11 +55,14 @@ class DefenceTrainState(loop.TrainState):
 
 def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num_steps: int,
                    fire_rate: float, noise_std: float, impl: str = "table",
-                   adversary_trains: bool = True, **table_options):  # fmt: skip
+                   adversary_trains: bool = True, attacked_loss: str = "label",
+                   **table_options):  # fmt: skip
     """One mixed rollout and both players' gradients: `(final state, (defender loss, its
     gradient), (adversary loss, its gradient))`. The adversary's loss averages over the members
     whose mask holds any cell (0 if none does); its gradient is None unless `adversary_trains`
-    (the backward pass then skips it). table_options: as `adversarial.mixed_rollout`'s."""
+    (the backward pass then skips it). attacked_loss: the defender's loss on attacked members,
+    `label` (every class channel, as on clean ones) or `not_target` (the target's channel only).
+    table_options: as `adversarial.mixed_rollout`'s."""
 
     def rollout(p, a):
         return adversarial.mixed_rollout(p, a, mask, x0, key, num_steps, fire_rate, noise_std,
@@ -67,9 +74,13 @@ def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num
         x, pull_defender = jax.vjp(lambda p: rollout(p, adversary), params)
         pullback = lambda g: (pull_defender(g)[0], None)  # noqa: E731
     attacked = jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
+    channels = None
+    if attacked_loss == "not_target":
+        only_target = jnp.arange(model.NUM_CLASSES) == target
+        channels = (attacked[:, None] == 0) | only_target
 
     def defender_loss(x):
-        return jnp.mean(losses.l2_losses(x, labels, ~mask))
+        return jnp.mean(losses.l2_losses(x, labels, ~mask, channels))
 
     def adversary_loss(x):
         per_member = losses.l2_losses(x, jnp.full_like(labels, target))
@@ -124,6 +135,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
             state.params, foreign, mask, x0, y, k_rollout, target=d.target,
             num_steps=config.num_ca_steps, fire_rate=m.fire_rate, noise_std=m.noise_std,
             impl=impl, adversary_trains=not random_rules, second_share=d.fraction,
+            attacked_loss=d.get("attacked_loss", "label"),
             **train.table_options(config),
         )  # fmt: skip
         new = state.apply_gradients(grads, optimizer)

@@ -18,12 +18,20 @@ def cell_targets(state: jax.Array, labels: jax.Array) -> jax.Array:
     return one_hot * model.alive_mask(state).astype(jnp.float32)
 
 
-def l2_losses(state: jax.Array, labels: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+def l2_losses(
+    state: jax.Array,
+    labels: jax.Array,
+    keep: jax.Array | None = None,
+    channels: jax.Array | None = None,
+) -> jax.Array:
     """`(B,)`: per image, the sum over cells and class channels of (target - class)^2 / 2, over
-    the cells of `keep` (`(B, H, W, 1)` bool) if given."""
+    the cells of `keep` (`(B, H, W, 1)` bool) and the class channels of `channels` (`(B, 10)`
+    bool: per image) if given."""
     err = cell_targets(state, labels) - model.class_channels(state)
     if keep is not None:
         err = err * keep
+    if channels is not None:
+        err = err * channels[:, None, None, :]
     return jnp.sum(jnp.square(err), axis=(1, 2, 3)) / 2
 
 

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from nca import checkpoint, data, loop
 from nca import config as config_lib
 from nca.config import ConfigError
-from nca.selforg_mnist import fast, losses, model, pretrained
+from nca.selforg_mnist import defence, fast, losses, model, pretrained
 
 # Config fields besides the core's bookkeeping that may change on resume: where the data is, how
 # the CA is computed (the same function), and where a fresh run's params come from.
@@ -38,7 +38,11 @@ RESUMABLE_CHANGES = frozenset(
 )  # fmt: skip
 # Fields added after runs were saved, at the value that reproduces those runs: a run saved without
 # one resumes with it at that value.
-ADDED_FIELDS = {"defence.redraw": 0.0, "defence.random_rules": 0.0}
+ADDED_FIELDS = {
+    "defence.redraw": 0.0,
+    "defence.random_rules": 0.0,
+    "defence.attacked_loss": "label",
+}
 
 
 def resumable(field: str, old, new, step: int) -> bool:
@@ -214,6 +218,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "loss": (config.loss, tuple(losses.LOSSES)),
         "model.impl": (config.model.impl, fast.IMPLS),
     }
+    if config.get("defence"):
+        choices["defence.attacked_loss"] = (config.defence.get("attacked_loss", "label"),
+                                            defence.ATTACKED_LOSSES)  # fmt: skip
     for field, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"unknown {field} {value!r}; choose one of {', '.join(valid)}.")
@@ -315,8 +322,6 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
 
         return adversarial.make_trainer(config, mesh)
     if config.get("defence"):
-        from nca.selforg_mnist import defence
-
         return defence.make_trainer(config, mesh)
     images, labels = load_training_data(config)
     init = init_train_state(config, images, labels)

@@ -18,10 +18,14 @@ from tests.selforg_mnist.test_train import tiny_config
 TARGET = 8
 
 
-def reference_gradients(params, other, mask, state, labels, fire_rate, noise_std):
+def reference_gradients(params, other, mask, state, labels, fire_rate, noise_std,
+                        attacked_loss="label"):  # fmt: skip
     """Each player's loss and gradient by `jax.value_and_grad` of its own dense rollout."""
     one_hot = jax.nn.one_hot(labels, 10)[:, None, None, :]
     attacked = np.asarray(jnp.any(mask, axis=(1, 2, 3)))
+    counted = np.ones((len(labels), 1, 1, 10))  # the class channels in the defender's loss
+    if attacked_loss == "not_target":
+        counted[attacked] = np.eye(10)[TARGET]
 
     def final(p, o):
         return adversarial.mixed_rollout(p, o, mask, state, KEY, 20, fire_rate, noise_std,
@@ -29,7 +33,7 @@ def reference_gradients(params, other, mask, state, labels, fire_rate, noise_std
 
     def defender(p):
         x = final(p, other)
-        err = (one_hot * model.alive_mask(x) - model.class_channels(x)) * ~mask
+        err = (one_hot * model.alive_mask(x) - model.class_channels(x)) * ~mask * counted
         return jnp.sum(jnp.square(err)) / 2 / len(labels)
 
     def attacker(o):
@@ -40,18 +44,21 @@ def reference_gradients(params, other, mask, state, labels, fire_rate, noise_std
     return jax.value_and_grad(defender)(params), jax.value_and_grad(attacker)(other)
 
 
-@pytest.mark.parametrize("impl", ["conv", "table"])
-def test_game_gradients_are_each_players_own(impl):
+@pytest.mark.parametrize(
+    "impl, attacked_loss", [("conv", "label"), ("table", "label"), ("table", "not_target")]
+)
+def test_game_gradients_are_each_players_own(impl, attacked_loss):
     params, other, mask, state, labels = two_rules()
     mask = mask.at[1].set(False)  # a clean member: in the defender's loss, not the adversary's
     # every cell fires, no noise: the table's own draws then give the same function
     fire_rate, noise_std = (1.0, 0.0) if impl == "table" else (0.5, 0.02)
-    want_d, want_a = reference_gradients(params, other, mask, state, labels, fire_rate, noise_std)
+    want_d, want_a = reference_gradients(params, other, mask, state, labels, fire_rate, noise_std,
+                                         attacked_loss)  # fmt: skip
     _, got_d, got_a = jax.jit(
         defence.game_gradients,
-        static_argnames=("target", "num_steps", "fire_rate", "noise_std", "impl"),
+        static_argnames=("target", "num_steps", "fire_rate", "noise_std", "impl", "attacked_loss"),
     )(params, other, mask, state, labels, KEY, target=TARGET, num_steps=20, fire_rate=fire_rate,
-      noise_std=noise_std, impl=impl)  # fmt: skip
+      noise_std=noise_std, impl=impl, attacked_loss=attacked_loss)  # fmt: skip
     for (loss, grads), (want_loss, want_grads) in ((got_d, want_d), (got_a, want_a)):
         np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
         assert_grads_close(grads, want_grads)
@@ -152,6 +159,10 @@ def test_defence_config_errors(mnist_dir):
     config.defence.attacked_share = 1.5
     with pytest.raises(ConfigError, match=r"defence.attacked_share=1.5 is out of range"):
         loop.check_config(config)
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke")
+    config.defence.attacked_loss = "target"
+    with pytest.raises(ConfigError, match="unknown defence.attacked_loss 'target'; choose one of"):
+        train.validate_config(config)
 
 
 def test_random_rules_train_the_defender_against_a_new_rule_each_iteration(mnist_dir):
