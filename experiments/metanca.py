@@ -43,6 +43,10 @@ _DAMAGE_AT = flags.DEFINE_integer("damage_at", S.damage_at, "zero_out: steps bef
 _AFTER = flags.DEFINE_integer("after_steps", S.after_steps, "zero_out: steps after the damage.",
                              lower_bound=1)  # fmt: skip
 _LR = flags.DEFINE_float("baseline_lr", S.baseline_lr, "baseline: Adam learning rate.")
+_CONVERGED = flags.DEFINE_integer(
+    "converged_steps", S.converged_steps, "baseline: also train Adam this many steps, e.g. 5000 "
+    "to convergence (0: not run).", lower_bound=0,
+)  # fmt: skip
 _SEED = flags.DEFINE_integer("seed", S.seed, "Seed of the sampled task-net inits.", lower_bound=0)
 _CURVE_EXAMPLES = flags.DEFINE_integer(
     "curve_examples", S.curve_examples, "stability, zero_out, baseline: evaluate per-step curves "
@@ -65,7 +69,7 @@ def main(argv):
         nets=_NETS.value, grid_sizes=tuple(int(n) for n in _GRID_SIZES.value),
         grid_nets=_GRID_NETS.value, steps=_STEPS.value, long_steps=_LONG.value,
         damage_at=_DAMAGE_AT.value, after_steps=_AFTER.value, baseline_lr=_LR.value,
-        seed=_SEED.value, curve_examples=_CURVE_EXAMPLES.value,
+        converged_steps=_CONVERGED.value, seed=_SEED.value, curve_examples=_CURVE_EXAMPLES.value,
     )  # fmt: skip
     m = experiments.load(_WORKDIR.value)
     d = experiments.task_arrays(m["config"])

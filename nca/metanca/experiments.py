@@ -10,7 +10,8 @@ zero_out:   grow, zero one layer and 30 % of the other weights, keep growing; th
             given, a second one (e.g. `:damage`), each labelled by whether its config trained
             with damage.
 baseline:   the same task nets trained by Adam for the same number of steps, and for as many
-            steps as Adam takes in the rule's time.
+            steps as Adam takes in the rule's time; optionally also to convergence
+            (`converged_steps`), the ceiling a shape allows.
 training:   the meta-loss against meta-steps (from the workdir's metrics.jsonl), per training
             architecture, and whether it is flat over the last 10 % of the meta-steps
             (`loss_flat`): converged, in issue 19's sense.
@@ -53,6 +54,7 @@ class Settings:
     damage_at: int = 50  # zero_out: rule steps before the damage
     after_steps: int = 100  # zero_out: rule steps after the damage
     baseline_lr: float = 1e-2  # baseline: Adam learning rate
+    converged_steps: int = 0  # baseline: also Adam after this many steps (0: not run)
     seed: int = 1234  # of the sampled task-net inits
     curve_examples: int = 0  # stability, zero_out, baseline: first N examples (0: all)
 
@@ -371,7 +373,8 @@ def run_baseline(m, d, s: Settings) -> report.Report:
     long = 10 * n
     test_x, test_y = curve_split(d, "test", s)
     fig, ax = report.figure(figsize=(7, 4))
-    result = {"source": source(m), "rule_steps": n, "baseline_lr": s.baseline_lr, "archs": []}
+    result = {"source": source(m), "rule_steps": n, "baseline_lr": s.baseline_lr,
+              "converged_steps": s.converged_steps, "archs": []}  # fmt: skip
     rows = []
     for arch in metanca_train.all_archs(config):
         spec = metanca_train.net_spec(config, arch)
@@ -396,10 +399,16 @@ def run_baseline(m, d, s: Settings) -> report.Report:
             "rule_seconds": rule_s, "adam_seconds_per_step": adam_s,
             "adam_steps_in_rule_time": same_time,
         })  # fmt: skip
-        rows.append(
-            f"| {list(arch)} | {g[n]:.3f} | {b[n]:.3f} | {b[same_time]:.3f} ({same_time}) | "
-            f"{g[long]:.3f} | {b[long]:.3f} |"
-        )
+        row = (f"| {list(arch)} | {g[n]:.3f} | {b[n]:.3f} | {b[same_time]:.3f} ({same_time}) | "
+               f"{g[long]:.3f} | {b[long]:.3f} |")  # fmt: skip
+        if s.converged_steps:
+            converged = evaluate.backprop_curves(
+                spec, keys, d["train_x"], d["train_y"], test_x, test_y, s.converged_steps,
+                record=False, **adam,
+            )["accuracy"].mean()  # fmt: skip
+            result["archs"][-1]["backprop_converged"] = float(converged)
+            row += f" {converged:.3f} |"
+        rows.append(row)
         line = ax.plot(g, label=f"MetaNCA {list(arch)}")[0]
         ax.plot(b, ls="--", color=line.get_color(), label=f"Adam {list(arch)}")
     ax.axvline(n, color="k", ls=":")
@@ -407,13 +416,16 @@ def run_baseline(m, d, s: Settings) -> report.Report:
     ax.set_ylabel(f"test accuracy (mean of {s.nets} nets)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=6, ncol=2)
+    head = ["architecture", f"MetaNCA @ {n}", f"Adam @ {n}", "Adam @ equal time (steps)",
+            f"MetaNCA @ {long}", f"Adam @ {long}"]  # fmt: skip
+    if s.converged_steps:
+        head.append(f"Adam @ {s.converged_steps}")
     table = (
         f"Grown by the rule vs trained by Adam (lr {s.baseline_lr}, batch "
         f"{config.batch_size or 'full'}) from the same inits: test accuracy, mean of "
         f"{s.nets} nets. Equal time: Adam after as many steps as it takes in the time the "
         f"rule takes for {n} steps ({s.nets} nets at once, compiled, no per-step metrics).\n\n"
-        f"| architecture | MetaNCA @ {n} | Adam @ {n} | Adam @ equal time (steps) | "
-        f"MetaNCA @ {long} | Adam @ {long} |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
+        f"| {' | '.join(head)} |\n|{'---|' * len(head)}\n" + "\n".join(rows)
     )
     return report.Report("baseline", result, table, fig)
 

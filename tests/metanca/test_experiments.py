@@ -64,7 +64,7 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     m = experiments.load(workdir)
     d = experiments.task_arrays(m["config"])
     settings = experiments.Settings(
-        nets=2, grid_nets=2, grid_sizes=(10,), damage_at=3, after_steps=3
+        nets=2, grid_nets=2, grid_sizes=(10,), damage_at=3, after_steps=3, converged_steps=30
     )
     for name in ("grid", "zero_out", "baseline", "training"):
         report.write(out, experiments.RUNS[name](m, d, settings), log=lambda *_: None)
@@ -96,3 +96,6 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
                                                       [784, "c3", 10]]  # fmt: skip
     for a in baseline["archs"]:  # Adam at the rule's time: a step count within the curve
         assert 0 <= a["adam_steps_in_rule_time"] <= 30 and a["adam_seconds_per_step"] > 0
+        # Adam "to convergence", here as long as the curve: the curve's last point, same inits.
+        assert a["backprop_converged"] == pytest.approx(a["backprop"][30], abs=1e-6)
+    assert "| Adam @ 30 |\n|" + "---|" * 7 in (out / "baseline.md").read_text()
