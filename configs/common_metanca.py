@@ -40,6 +40,7 @@ def metanca_config(arg: str | None) -> ml_collections.ConfigDict:
     c.test_archs = ((4, 3),)  # held out, for evaluation only
     c.num_rule_steps = 10
     c.curriculum_steps = 500  # active rule steps 1 -> num_rule_steps over these iterations
+    c.arch_weights = ()  # the meta-loss's weight per training architecture; (): equal
     c.nets_per_arch = 4
     c.batch_size = 0  # 0: the whole training split every iteration
 

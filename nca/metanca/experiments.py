@@ -432,21 +432,25 @@ def run_baseline(m, d, s: Settings) -> report.Report:
 
 FLAT_TAIL = 0.1  # the last 10 % of the meta-steps run ...
 FLAT_TOLERANCE = 0.02  # ... lose at most 2 % of the loss of the 10 % before them
+MIN_POINTS = 10  # logged points each window needs for a verdict
 
 
 def loss_flat(steps, loss, tail: float = FLAT_TAIL, tol: float = FLAT_TOLERANCE) -> dict:
     """Whether a meta-loss curve is flat: the mean loss over the last `tail` share of the steps
     run is at most `tol` (relative) below its mean over the `tail` before them. Returns both
-    means, the relative drop and the verdict (False with under 10 logged points per window)."""
+    means, the relative drop, the verdict (None, undecided, with under `MIN_POINTS` logged
+    points in a window) and the fewer of the two windows' point counts."""
     steps, loss = np.asarray(steps), np.asarray(loss)
     last = steps[-1]
     late = steps > last * (1 - tail)
     before = (steps > last * (1 - 2 * tail)) & ~late
-    if late.sum() < 10 or before.sum() < 10:
-        return {"flat": False, "late": None, "before": None, "drop": None}
+    points = int(min(late.sum(), before.sum()))
+    if points < MIN_POINTS:
+        return {"flat": None, "late": None, "before": None, "drop": None, "points": points}
     late_mean, before_mean = float(loss[late].mean()), float(loss[before].mean())
     drop = (before_mean - late_mean) / before_mean
-    return {"flat": bool(drop <= tol), "late": late_mean, "before": before_mean, "drop": drop}
+    return {"flat": bool(drop <= tol), "late": late_mean, "before": before_mean, "drop": drop,
+            "points": points}  # fmt: skip
 
 
 def run_training(m, d, s: Settings) -> report.Report:
@@ -479,15 +483,18 @@ def run_training(m, d, s: Settings) -> report.Report:
     ax.set_xlabel("meta-step")
     ax.set_ylabel(f"meta-loss (running mean of {window} logged points)")
     ax.legend(fontsize=7)
-    drop = "n/a" if verdict["drop"] is None else f"{100 * verdict['drop']:.1f} %"
+    if verdict["flat"] is None:
+        cells = (f"- | - | - | too few logged points to say ({verdict['points']} a window, "
+                 f"{MIN_POINTS} needed: log more often)")  # fmt: skip
+    else:
+        cells = (f"{verdict['before']:.4f} | {verdict['late']:.4f} | "
+                 f"{100 * verdict['drop']:.1f} % | {'yes' if verdict['flat'] else 'no'}")
     table = (
         f"Meta-loss of {m['config'].name} @ {m['step']}: mean over the last "
         f"{FLAT_TAIL:.0%} of the meta-steps (dark band) against the {FLAT_TAIL:.0%} before "
         f"(light band); flat if it fell by at most {FLAT_TOLERANCE:.0%}.\n\n"
         "| before | last | drop | flat | batch accuracy, last |\n|---|---|---|---|---|\n"
-        f"| {verdict['before'] or float('nan'):.4f} | {verdict['late'] or float('nan'):.4f} | "
-        f"{drop} | {'yes' if verdict['flat'] else 'no'} | "
-        f"{result['batch_accuracy_last_tail']:.3f} |"
+        f"| {cells} | {result['batch_accuracy_last_tail']:.3f} |"
     )
     return report.Report("training", result, table, fig)
 

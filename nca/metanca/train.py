@@ -4,7 +4,8 @@ Each iteration, for every training architecture: `nets_per_arch` start states (f
 architecture's sample pool with probability `pool_prob`, else a fresh Flax-default init; pooled
 ones optionally zero-out damaged with probability `damage_prob`), `num_rule_steps` rule steps with
 `lax.scan` and gradient checkpointing, the task net's cross-entropy on a batch after the unroll.
-The loss is averaged over architectures and nets; its gradient reaches the rule only (start
+The loss is averaged over nets, then over architectures (weighted by `arch_weights`, one per
+training architecture, where it is set; equal otherwise); its gradient reaches the rule only (start
 states are constants), is clipped to global norm `grad_clip` and applied with Adam. The final
 states go back into the pool (a ring buffer per architecture, part of the train state, so
 checkpoints and resume include it).
@@ -43,7 +44,7 @@ RESUMABLE_CHANGES = frozenset({"data.mnist_dir", "init_from"})
 # Fields added after runs were saved, with the value that means what their absence meant (None:
 # any value, the field is read only by conv layers, which no older run has).
 ADDED_FIELDS = {"model.conv_kernel": None, "model.conv_stride": None,
-                "model.layer_kind_input": False, "init_from": ""}  # fmt: skip
+                "model.layer_kind_input": False, "init_from": "", "arch_weights": ()}  # fmt: skip
 
 
 def resumable(field: str, old, new, step: int) -> bool:
@@ -223,6 +224,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("train_archs is empty.")
     for arch in all_archs(config):
         net_spec(config, arch)
+    weights, n = tuple(config.arch_weights), len(config.train_archs)
+    if weights and (len(weights) != n or min(weights) <= 0):
+        raise ConfigError(
+            f"arch_weights {weights} must be {n} positive numbers, one per training architecture "
+            "(in train_archs' order), or () for equal weights."
+        )
     if config.use_pool and config.pool_size < config.nets_per_arch:
         raise ConfigError(f"pool_size {config.pool_size} < nets_per_arch {config.nets_per_arch}.")
 
@@ -294,7 +301,8 @@ def make_train_step(config: ml_collections.ConfigDict):
                 grow = functools.partial(grow_and_score, arch=arch)
                 losses, (finals, accs) = jax.vmap(grow)(x0, net_keys)
                 per_arch.append((losses.mean(), finals, accs.mean()))
-            loss = jnp.mean(jnp.stack([p[0] for p in per_arch]))
+            weights = jnp.asarray(config.arch_weights or (1.0,) * len(arch_list), jnp.float32)
+            loss = jnp.sum(weights * jnp.stack([p[0] for p in per_arch])) / weights.sum()
             return loss, per_arch
 
         stepped, per_arch, metrics = loop.gradient_step(state, objective, optimizer)

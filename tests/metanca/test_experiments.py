@@ -40,8 +40,9 @@ def test_loss_flat_compares_the_last_tenth_with_the_tenth_before():
     assert got["before"] == pytest.approx(1.0) and got["late"] == pytest.approx(0.95)
     assert experiments.loss_flat(steps, np.where(steps > 180, 0.99, 1.0))["flat"]
     assert experiments.loss_flat(steps, np.where(steps > 180, 1.2, 1.0))["flat"]  # rising
+    assert got["points"] == 20
     short = experiments.loss_flat(steps[:50], falling[:50])  # 5 points a window: too few
-    assert not short["flat"] and short["drop"] is None
+    assert short["flat"] is None and short["drop"] is None and short["points"] == 5
 
 
 @pytest.mark.slow
@@ -69,7 +70,8 @@ def test_smoke_training_resumes_and_experiments_run(tmp_path, mnist_dir):
     for name in ("grid", "zero_out", "baseline", "training"):
         report.write(out, experiments.RUNS[name](m, d, settings), log=lambda *_: None)
     training = json.loads((out / "training.json").read_text())
-    assert training["steps"] == [2, 3, 4, 6] and not training["flat"]  # too short to say
+    assert training["steps"] == [2, 3, 4, 6] and training["flat"] is None  # too short to say
+    assert "too few logged points to say (0 a window" in (out / "training.md").read_text()
     assert set(training["loss"]) == {"all", "784-8-10", "784-c2-c3-10"}
     ref_file = tmp_path / "abstract.json"
     ref_file.write_text(json.dumps({"sizes": [10], "accuracy": [[0.25]], "source": "abstract"}))

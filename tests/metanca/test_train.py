@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import metanca_iris
+from nca.config import ConfigError
 from nca.metanca import data as metanca_data
 from nca.metanca import model
 from nca.metanca import train as metanca_train
@@ -173,6 +174,39 @@ def test_meta_training_lowers_the_task_loss():
     after = float(fresh_loss(state.params))
     assert int(state.step) == 40
     assert after < before - 0.1, (before, after)
+
+
+def test_arch_weights_weight_the_meta_loss_per_architecture():
+    """The objective is the `arch_weights`-weighted mean of the per-architecture losses, and it,
+    not the plain mean, is what the rule's update follows."""
+    task = metanca_data.load_iris()
+    batch = {"x": jnp.asarray(task["train_x"]), "y": jnp.asarray(task["train_y"])}
+    results = {}
+    for weights in ((), (3.0, 1.0)):
+        config = metanca_iris.get_config("smoke")  # two training architectures
+        with config.unlocked():
+            config.arch_weights = weights
+        metanca_train.validate_config(config)
+        state = metanca_train.init_train_state(config)
+        step = jax.jit(metanca_train.make_train_step(config))
+        results[weights] = step(state, batch, jax.random.PRNGKey(3))
+    (equal, m_equal), (weighted, m_weighted) = results.values()
+    names = [f"train/loss_{metanca_train.arch_name(a)}" for a in ((4, 3), (4, 6, 3))]
+    losses = [float(m_equal[n]) for n in names]
+    assert losses == [float(m_weighted[n]) for n in names]  # same nets, same per-arch losses
+    assert abs(losses[0] - losses[1]) > 1e-3
+    assert float(m_equal["train/loss"]) == pytest.approx(np.mean(losses), rel=1e-6)
+    assert float(m_weighted["train/loss"]) == pytest.approx(
+        (3 * losses[0] + losses[1]) / 4, rel=1e-6
+    )
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), equal.params, weighted.params)
+    assert max(jax.tree.leaves(moved)) > 0
+    config = metanca_iris.get_config("smoke")
+    for bad in ((1.0,), (1.0, 0.0)):
+        with config.unlocked():
+            config.arch_weights = bad
+        with pytest.raises(ConfigError, match="must be 2 positive numbers"):
+            metanca_train.validate_config(config)
 
 
 def test_fan_in_scaling_makes_the_rule_width_independent():
