@@ -487,8 +487,10 @@ def run_training(m, d, s: Settings) -> report.Report:
         cells = (f"- | - | - | too few logged points to say ({verdict['points']} a window, "
                  f"{MIN_POINTS} needed: log more often)")  # fmt: skip
     else:
-        cells = (f"{verdict['before']:.4f} | {verdict['late']:.4f} | "
-                 f"{100 * verdict['drop']:.1f} % | {'yes' if verdict['flat'] else 'no'}")
+        cells = (
+            f"{verdict['before']:.4f} | {verdict['late']:.4f} | "
+            f"{100 * verdict['drop']:.1f} % | {'yes' if verdict['flat'] else 'no'}"
+        )
     table = (
         f"Meta-loss of {m['config'].name} @ {m['step']}: mean over the last "
         f"{FLAT_TAIL:.0%} of the meta-steps (dark band) against the {FLAT_TAIL:.0%} before "
