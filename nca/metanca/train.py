@@ -202,6 +202,7 @@ CONFIG_RANGES = {
     "num_rule_steps": config_lib.at_least(1),
     "curriculum_steps": config_lib.at_least(0),  # 0: all rule steps from the start
     "nets_per_arch": config_lib.at_least(1),
+    "arch_weights": config_lib.positive(),
     "batch_size": config_lib.at_least(0),  # 0: the whole training split
     "pool_size": config_lib.at_least(1),
     "pool_prob": config_lib.fraction(),
@@ -224,10 +225,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("train_archs is empty.")
     for arch in all_archs(config):
         net_spec(config, arch)
-    weights, n = tuple(config.arch_weights), len(config.train_archs)
-    if weights and (len(weights) != n or min(weights) <= 0):
+    weights, n = tuple(config.get("arch_weights", ())), len(config.train_archs)
+    if weights and len(weights) != n:
         raise ConfigError(
-            f"arch_weights {weights} must be {n} positive numbers, one per training architecture "
+            f"arch_weights {weights} must be {n} numbers, one per training architecture "
             "(in train_archs' order), or () for equal weights."
         )
     if config.use_pool and config.pool_size < config.nets_per_arch:
@@ -301,7 +302,8 @@ def make_train_step(config: ml_collections.ConfigDict):
                 grow = functools.partial(grow_and_score, arch=arch)
                 losses, (finals, accs) = jax.vmap(grow)(x0, net_keys)
                 per_arch.append((losses.mean(), finals, accs.mean()))
-            weights = jnp.asarray(config.arch_weights or (1.0,) * len(arch_list), jnp.float32)
+            weights = config.get("arch_weights") or (1.0,) * len(arch_list)  # absent: old runs
+            weights = jnp.asarray(weights, jnp.float32)
             loss = jnp.sum(weights * jnp.stack([p[0] for p in per_arch])) / weights.sum()
             return loss, per_arch
 

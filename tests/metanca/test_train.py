@@ -202,10 +202,10 @@ def test_arch_weights_weight_the_meta_loss_per_architecture():
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), equal.params, weighted.params)
     assert max(jax.tree.leaves(moved)) > 0
     config = metanca_iris.get_config("smoke")
-    for bad in ((1.0,), (1.0, 0.0)):
+    for bad, why in (((1.0,), "must be 2 numbers"), ((1.0, 0.0), "every entry must be > 0")):
         with config.unlocked():
             config.arch_weights = bad
-        with pytest.raises(ConfigError, match="must be 2 positive numbers"):
+        with pytest.raises(ConfigError, match=why):
             metanca_train.validate_config(config)
 
 
