@@ -270,6 +270,8 @@ def make_train_step(config: ml_collections.ConfigDict):
     `train/lr`."""
     optimizer = make_optimizer(config)
     arch_list = archs(config.train_archs)
+    weights = config.get("arch_weights") or (1.0,) * len(arch_list)  # absent: old runs
+    weights = jnp.asarray(weights, jnp.float32)
 
     def train_step(state: TrainState, batch, key):
         n_active = curriculum(config, state.step)
@@ -302,8 +304,6 @@ def make_train_step(config: ml_collections.ConfigDict):
                 grow = functools.partial(grow_and_score, arch=arch)
                 losses, (finals, accs) = jax.vmap(grow)(x0, net_keys)
                 per_arch.append((losses.mean(), finals, accs.mean()))
-            weights = config.get("arch_weights") or (1.0,) * len(arch_list)  # absent: old runs
-            weights = jnp.asarray(weights, jnp.float32)
             loss = jnp.sum(weights * jnp.stack([p[0] for p in per_arch])) / weights.sum()
             return loss, per_arch
 
