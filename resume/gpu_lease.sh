@@ -38,12 +38,14 @@ train() {  # train NAME CONFIG [overrides]: until done (0) or DEADLINE (1)
   local rc=$?; note "$name: rc $rc"; [ $rc = 0 ]
 }
 
-P=()  # the seeds still to train (CA only seed 1 finished on the CPU)
+P=()  # the runs still to train (the CA only's seeds 1 and 2 and the local gate's seed 1 finished on the CPU)
 for s in 1 2; do
   train "blog_hybrid_s$s" hybrid:blog_budget --config.seed=$s & P+=($!)
-  train "blog_local_s$s" hybrid:blog_budget,gate_local --config.seed=$s & P+=($!)
 done
-train blog_ca_only_s2 hybrid_ca_only:blog_budget --config.seed=2 & P+=($!)
+train blog_local_s2 hybrid:blog_budget,gate_local --config.seed=2 & P+=($!)
+train metanca_mnist_corners_w2 metanca_mnist_corners:damage --config.arch_weights='(2,2,1,1,2,1,1,2)' \
+  --config.curriculum_steps=0 --config.learning_rate=0.0002 --config.log_every=5 \
+  --config.nets_per_arch=2 --config.num_train_steps=2400 --config.pool_prob=0.5 & P+=($!)
 wait "${P[@]}"
 
 note "bundling"
