@@ -37,6 +37,14 @@
         --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
         --config.defence.attacked_loss=not_target --workdir=workdirs/l2_noise_defended_nt
 
+    # or the game fine-tune above, anchored: on clean members the defender also keeps
+    # l2_noise's states (every mutable channel after 20 steps from the same start and draws)
+    python -m experiments.train --config=l2_noise_defended --config.init_from=l2_noise \
+        --config.defence.adversary_init=adversary_eight --config.learning_rate=1e-4 \
+        --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
+        --config.defence.anchor=l2_noise --config.defence.anchor_weight=1.0 \
+        --workdir=workdirs/l2_noise_defended_anchor
+
 The article's recipe for both players (batch 16, pool 160 with mutation, L2 after 20 steps,
 Adam 1e-3 x0.1 at 30k and 70k of 100k iterations); the defender's loss counts only its own
 cells. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply). The
@@ -68,4 +76,9 @@ def get_config(arg=None):
     # adversary_eight, trained against l2_noise) instead of a fresh init; with init_from=l2_noise
     # the game fine-tunes the shipped model against its own attacker.
     c.defence.adversary_init = ""
+    # Keep the clean dynamics of this model (a shipped name or a workdir; "" for none): on clean
+    # members the defender's loss adds anchor_weight times the squared distance of its final
+    # states from the anchor's rollout from the same start and draws (defence.anchor_drift).
+    c.defence.anchor = ""
+    c.defence.anchor_weight = 0.0
     return c

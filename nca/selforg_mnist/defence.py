@@ -20,6 +20,13 @@ resists the defender's moves as they happen; the defence is judged by a fresh ad
 against the frozen defender afterwards (`configs/adversary_eight.py` with
 `adversary.original=<this workdir>`), which is the attack a deployed CA would meet.
 
+With `anchor` (a shipped model or a workdir, usually the `init_from` model) the defender's loss
+adds `anchor_weight` times its drift from the anchor on the clean members: `anchor_drift`, the
+squared distance of every mutable channel of the final states from the anchor's own rollout from
+the same start, with the same fire masks and noise. It asks the defender to keep the anchor's
+clean dynamics, hidden channels and long horizons included, which the 20-step label loss does not
+see; on attacked members it is free to differ.
+
 With `random_rules` > 0 there is no game: every iteration the foreign cells run a fresh random
 rule (`random_rule`: `model.init_params` with its output layer drawn too, Glorot-uniform times
 `random_rules`), the defender trains against it, and `state.adversary` stays as it started.
@@ -56,13 +63,15 @@ class DefenceTrainState(loop.TrainState):
 def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num_steps: int,
                    fire_rate: float, noise_std: float, impl: str = "table",
                    adversary_trains: bool = True, attacked_loss: str = "label",
+                   anchor: jax.Array | None = None, anchor_weight: float = 0.0,
                    **table_options):  # fmt: skip
     """One mixed rollout and both players' gradients: `(final state, (defender loss, its
     gradient), (adversary loss, its gradient))`. The adversary's loss averages over the members
     whose mask holds any cell (0 if none does); its gradient is None unless `adversary_trains`
     (the backward pass then skips it). attacked_loss: the defender's loss on attacked members,
     `label` (every class channel, as on clean ones) or `not_target` (the target's channel only).
-    table_options: as `adversarial.mixed_rollout`'s."""
+    anchor: the anchor's final states from the same start and draws; the defender's loss then
+    adds `anchor_weight * anchor_drift`. table_options: as `adversarial.mixed_rollout`'s."""
 
     def rollout(p, a):
         return adversarial.mixed_rollout(p, a, mask, x0, key, num_steps, fire_rate, noise_std,
@@ -80,7 +89,10 @@ def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num
         channels = (attacked[:, None] == 0) | only_target
 
     def defender_loss(x):
-        return jnp.mean(losses.l2_losses(x, labels, ~mask, channels))
+        loss = jnp.mean(losses.l2_losses(x, labels, ~mask, channels))
+        if anchor is not None:
+            loss += anchor_weight * anchor_drift(x, anchor, attacked)
+        return loss
 
     def adversary_loss(x):
         per_member = losses.l2_losses(x, jnp.full_like(labels, target))
@@ -116,6 +128,9 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
     m = config.model
     impl = "table" if fast.resolve_impl(m.impl) in ("alive", "table") else "conv"
     random_rules = d.get("random_rules", 0.0)
+    anchor = None  # the anchor's params; needed at every step, so a resume needs them too
+    if d.get("anchor"):
+        anchor = train.params_from(d.anchor, fresh, config, "defence.anchor")
 
     def train_step(state, batch, key):
         # The plain trainer's keys for the pool and the rollout: with attacked_share 0 the
@@ -131,12 +146,17 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         mask = jnp.concatenate([fresh, kept])
         foreign = (random_rule(jax.random.fold_in(key, 4), random_rules) if random_rules
                    else state.adversary)  # fmt: skip
+        rollout_options = dict(num_steps=config.num_ca_steps, fire_rate=m.fire_rate,
+                               noise_std=m.noise_std, impl=impl, second_share=d.fraction,
+                               **train.table_options(config))  # fmt: skip
+        anchor_x = None
+        if anchor is not None:  # the anchor's rollout from the same start, with the same draws
+            anchor_x = adversarial.mixed_rollout(anchor, anchor, mask, x0, k_rollout,
+                                                 **rollout_options)[0]  # fmt: skip
         x, (loss, grads), (attack_loss, attack_grads) = game_gradients(
             state.params, foreign, mask, x0, y, k_rollout, target=d.target,
-            num_steps=config.num_ca_steps, fire_rate=m.fire_rate, noise_std=m.noise_std,
-            impl=impl, adversary_trains=not random_rules, second_share=d.fraction,
-            attacked_loss=d.get("attacked_loss", "label"),
-            **train.table_options(config),
+            adversary_trains=not random_rules, attacked_loss=d.get("attacked_loss", "label"),
+            anchor=anchor_x, anchor_weight=d.get("anchor_weight", 0.0), **rollout_options,
         )  # fmt: skip
         new = state.apply_gradients(grads, optimizer)
         if not random_rules:
@@ -155,9 +175,20 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         }
         if not random_rules:  # a random rule has no loss of its own to log
             metrics["train/adversary_loss"] = attack_loss
+        if anchor is not None:  # train/loss includes anchor_weight times this
+            attacked = jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
+            metrics["train/anchor_drift"] = anchor_drift(x, anchor_x, attacked)
         return new, metrics
 
     return train.pooled_trainer(config, init, train_step, images, labels)
+
+
+def anchor_drift(x: jax.Array, anchor: jax.Array, attacked: jax.Array) -> jax.Array:
+    """Per clean member (`attacked` 0), the sum over cells and mutable channels of
+    (x - anchor)^2 / 2, averaged over the clean members (0 if none is)."""
+    drift = jnp.sum(jnp.square(x[..., 1:] - anchor[..., 1:]), axis=(1, 2, 3)) / 2
+    clean = 1.0 - attacked
+    return jnp.sum(drift * clean) / jnp.maximum(jnp.sum(clean), 1.0)
 
 
 def random_rule(key: jax.Array, scale: float) -> model.Params:

@@ -42,6 +42,8 @@ ADDED_FIELDS = {
     "defence.redraw": 0.0,
     "defence.random_rules": 0.0,
     "defence.attacked_loss": "label",
+    "defence.anchor": "",
+    "defence.anchor_weight": 0.0,
 }
 
 
@@ -206,6 +208,7 @@ CONFIG_RANGES = {
     "defence.attacked_share": config_lib.fraction(),
     "defence.redraw": config_lib.fraction(),
     "defence.random_rules": config_lib.at_least(0),
+    "defence.anchor_weight": config_lib.at_least(0),
     "defence.target": config_lib.Range(0, model.NUM_CLASSES - 1),
 }
 
@@ -235,6 +238,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.get("defence") and (config.get("adversary") or config.loss != "l2"):
         raise ConfigError("a defence trains the l2 loss, without an adversary section.")
+    defence_ = config.get("defence") or {}
+    if defence_.get("anchor_weight") and not defence_.get("anchor"):
+        raise ConfigError(
+            f"defence.anchor_weight={defence_['anchor_weight']} needs defence.anchor: name the "
+            f"model whose clean dynamics the defender keeps (e.g. l2_noise)."
+        )
     if config.use_pool and not 4 <= config.batch_size <= config.pool_size:
         raise ConfigError(
             f"batch_size {config.batch_size} must be at least 4 (a quarter is replaced, a quarter "

@@ -19,7 +19,7 @@ TARGET = 8
 
 
 def reference_gradients(params, other, mask, state, labels, fire_rate, noise_std,
-                        attacked_loss="label"):  # fmt: skip
+                        attacked_loss="label", anchor=None, anchor_weight=0.0):  # fmt: skip
     """Each player's loss and gradient by `jax.value_and_grad` of its own dense rollout."""
     one_hot = jax.nn.one_hot(labels, 10)[:, None, None, :]
     attacked = np.asarray(jnp.any(mask, axis=(1, 2, 3)))
@@ -34,7 +34,11 @@ def reference_gradients(params, other, mask, state, labels, fire_rate, noise_std
     def defender(p):
         x = final(p, other)
         err = (one_hot * model.alive_mask(x) - model.class_channels(x)) * ~mask * counted
-        return jnp.sum(jnp.square(err)) / 2 / len(labels)
+        loss = jnp.sum(jnp.square(err)) / 2 / len(labels)
+        if anchor is not None:  # every mutable channel of the clean members
+            drift = (x - anchor)[~attacked][..., 1:]
+            loss += anchor_weight * jnp.sum(jnp.square(drift)) / 2 / (~attacked).sum()
+        return loss
 
     def attacker(o):
         x = final(params, o)
@@ -45,20 +49,24 @@ def reference_gradients(params, other, mask, state, labels, fire_rate, noise_std
 
 
 @pytest.mark.parametrize(
-    "impl, attacked_loss", [("conv", "label"), ("table", "label"), ("table", "not_target")]
-)
-def test_game_gradients_are_each_players_own(impl, attacked_loss):
+    "impl, attacked_loss, anchored",
+    [("conv", "label", False), ("table", "label", False), ("table", "not_target", False),
+     ("conv", "label", True), ("table", "label", True)],
+)  # fmt: skip
+def test_game_gradients_are_each_players_own(impl, attacked_loss, anchored):
     params, other, mask, state, labels = two_rules()
     mask = mask.at[1].set(False)  # a clean member: in the defender's loss, not the adversary's
     # every cell fires, no noise: the table's own draws then give the same function
     fire_rate, noise_std = (1.0, 0.0) if impl == "table" else (0.5, 0.02)
+    anchor = jax.random.normal(KEY, state.shape) if anchored else None
     want_d, want_a = reference_gradients(params, other, mask, state, labels, fire_rate, noise_std,
-                                         attacked_loss)  # fmt: skip
+                                         attacked_loss, anchor, anchor_weight=0.3)  # fmt: skip
     _, got_d, got_a = jax.jit(
         defence.game_gradients,
         static_argnames=("target", "num_steps", "fire_rate", "noise_std", "impl", "attacked_loss"),
     )(params, other, mask, state, labels, KEY, target=TARGET, num_steps=20, fire_rate=fire_rate,
-      noise_std=noise_std, impl=impl, attacked_loss=attacked_loss)  # fmt: skip
+      noise_std=noise_std, impl=impl, attacked_loss=attacked_loss, anchor=anchor,
+      anchor_weight=0.3)  # fmt: skip
     for (loss, grads), (want_loss, want_grads) in ((got_d, want_d), (got_a, want_a)):
         np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
         assert_grads_close(grads, want_grads)
@@ -205,3 +213,35 @@ def test_the_defender_gradient_skips_a_frozen_foreign_rule():
     assert none is None and both_other is not None
     np.testing.assert_allclose(frozen_loss, loss, rtol=1e-6)
     assert_grads_close(frozen_grads, grads)
+
+
+def test_an_anchor_at_the_defender_is_free_and_another_one_pulls(mnist_dir):
+    """Anchored to the model it starts from, the defender's first step is the unanchored one
+    (same draws, so no drift and no gradient from it); anchored to another model, it is not."""
+    config = tiny_config(mnist_dir, "l2_noise_defended:smoke")
+    config.init_from, config.defence.adversary_init = "l2_noise", "adversary_eight"
+    steps = {}
+    for anchor in ("", "l2_noise", "l2"):
+        config.defence.anchor, config.defence.anchor_weight = anchor, 1.0 if anchor else 0.0
+        trainer = train.make_trainer(config, loop.make_mesh(1))
+        state = trainer.init_state
+        batch = loop.sample_batch(trainer.train_data, trainer.batch_size, config.seed, 0)
+        steps[anchor] = jax.jit(trainer.train_step)(state, batch, jax.random.fold_in(state.rng, 0))
+    (plain, plain_metrics), (same, same_metrics) = steps[""], steps["l2_noise"]
+    (other, other_metrics) = steps["l2"]
+    assert "train/anchor_drift" not in plain_metrics
+    assert float(same_metrics["train/anchor_drift"]) == 0.0
+    np.testing.assert_allclose(same_metrics["train/loss"], plain_metrics["train/loss"], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), same.params,
+                 plain.params)  # fmt: skip
+    drift = float(other_metrics["train/anchor_drift"])
+    assert drift > 1.0
+    np.testing.assert_allclose(other_metrics["train/loss"],
+                               plain_metrics["train/loss"] + drift, rtol=1e-5)  # fmt: skip
+    assert not np.allclose(other.params["hidden"]["kernel"], plain.params["hidden"]["kernel"])
+    # runs saved before the option existed resume with it off, and only off
+    assert train.resumable("defence.anchor_weight", None, 0.0, 100)
+    assert not train.resumable("defence.anchor", None, "l2_noise", 100)
+    config.defence.anchor = ""
+    with pytest.raises(ConfigError, match=r"defence.anchor_weight=1.0 needs defence.anchor"):
+        train.validate_config(config)
