@@ -24,8 +24,8 @@ With `anchor` (a shipped model or a workdir, usually the `init_from` model) the 
 adds `anchor_weight` times its drift from the anchor on the clean members: `anchor_drift`, the
 squared distance of every mutable channel of the final states from the anchor's own rollout from
 the same start, with the same fire masks and noise. It asks the defender to keep the anchor's
-clean dynamics, hidden channels and long horizons included, which the 20-step label loss does not
-see; on attacked members it is free to differ.
+clean dynamics, hidden channels included, from every state of the pool, where the label loss sees
+only the class channels; on attacked members it is free to differ.
 
 With `random_rules` > 0 there is no game: every iteration the foreign cells run a fresh random
 rule (`random_rule`: `model.init_params` with its output layer drawn too, Glorot-uniform times
