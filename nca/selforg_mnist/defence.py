@@ -91,7 +91,7 @@ def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num
     def defender_loss(x):
         loss = jnp.mean(losses.l2_losses(x, labels, ~mask, channels))
         if anchor is not None:
-            loss += anchor_weight * anchor_drift(x, anchor, attacked)
+            loss += anchor_weight * anchor_drift(x, anchor, mask)
         return loss
 
     def adversary_loss(x):
@@ -176,18 +176,17 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
         if not random_rules:  # a random rule has no loss of its own to log
             metrics["train/adversary_loss"] = attack_loss
         if anchor is not None:  # train/loss includes anchor_weight times this
-            attacked = jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
-            metrics["train/anchor_drift"] = anchor_drift(x, anchor_x, attacked)
+            metrics["train/anchor_drift"] = anchor_drift(x, anchor_x, mask)
         return new, metrics
 
     return train.pooled_trainer(config, init, train_step, images, labels)
 
 
-def anchor_drift(x: jax.Array, anchor: jax.Array, attacked: jax.Array) -> jax.Array:
-    """Per clean member (`attacked` 0), the sum over cells and mutable channels of
-    (x - anchor)^2 / 2, averaged over the clean members (0 if none is)."""
+def anchor_drift(x: jax.Array, anchor: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per clean member (no cell of `mask`, `(B, H, W, 1)`), the sum over cells and mutable
+    channels of (x - anchor)^2 / 2, averaged over the clean members (0 if none is)."""
     drift = jnp.sum(jnp.square(x[..., 1:] - anchor[..., 1:]), axis=(1, 2, 3)) / 2
-    clean = 1.0 - attacked
+    clean = 1.0 - jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
     return jnp.sum(drift * clean) / jnp.maximum(jnp.sum(clean), 1.0)
 
 

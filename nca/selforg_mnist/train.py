@@ -236,13 +236,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"adversary.original is empty: name the frozen original to attack, a shipped model "
             f"({', '.join(pretrained.available())}) or a training workdir."
         )
-    if config.get("defence") and (config.get("adversary") or config.loss != "l2"):
+    d = config.get("defence")
+    if d and (config.get("adversary") or config.loss != "l2"):
         raise ConfigError("a defence trains the l2 loss, without an adversary section.")
-    defence_ = config.get("defence") or {}
-    if defence_.get("anchor_weight") and not defence_.get("anchor"):
+    if d and d.get("anchor_weight") and not d.get("anchor"):
         raise ConfigError(
-            f"defence.anchor_weight={defence_['anchor_weight']} needs defence.anchor: name the "
-            f"model whose clean dynamics the defender keeps (e.g. l2_noise)."
+            f"defence.anchor_weight={d.anchor_weight} needs defence.anchor: name the model whose "
+            f"clean dynamics the defender keeps (e.g. l2_noise)."
         )
     if config.use_pool and not 4 <= config.batch_size <= config.pool_size:
         raise ConfigError(
