@@ -43,9 +43,6 @@ for s in 1 2; do
   train "blog_hybrid_s$s" hybrid:blog_budget --config.seed=$s & P+=($!)
 done
 train blog_local_s2 hybrid:blog_budget,gate_local --config.seed=2 & P+=($!)
-train metanca_mnist_corners_w2 metanca_mnist_corners:damage --config.arch_weights='(2,2,1,1,2,1,1,2)' \
-  --config.curriculum_steps=0 --config.learning_rate=0.0002 --config.log_every=5 \
-  --config.nets_per_arch=2 --config.num_train_steps=3200 --config.pool_prob=0.5 & P+=($!)
 wait "${P[@]}"
 
 note "bundling"
