@@ -45,6 +45,15 @@
         --config.defence.anchor=l2_noise --config.defence.anchor_weight=1.0 \
         --workdir=workdirs/l2_noise_defended_anchor
 
+    # or the shipped defender's game continued with a weak anchor to l2_noise (the weight puts
+    # the anchor's term near the L2 loss at the start); its adversary starts from a 10k
+    # adversary of the shipped defender (docs/selforg_mnist/README.md, "Defence")
+    python -m experiments.train --config=l2_noise_defended --config.init_from=l2_noise_defended \
+        --config.defence.adversary_init=workdirs/adversary_def_shipped --config.learning_rate=1e-4 \
+        --config.num_train_steps=5000 --config.lr_boundaries="(4000,)" \
+        --config.defence.anchor=l2_noise --config.defence.anchor_weight=0.003 \
+        --workdir=workdirs/l2_noise_defended_anchor_cont
+
 The article's recipe for both players (batch 16, pool 160 with mutation, L2 after 20 steps,
 Adam 1e-3 x0.1 at 30k and 70k of 100k iterations); the defender's loss counts only its own
 cells. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply). The
