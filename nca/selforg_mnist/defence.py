@@ -82,7 +82,7 @@ def game_gradients(params, adversary, mask, x0, labels, key, *, target: int, num
     else:
         x, pull_defender = jax.vjp(lambda p: rollout(p, adversary), params)
         pullback = lambda g: (pull_defender(g)[0], None)  # noqa: E731
-    attacked = jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
+    attacked = attacked_members(mask)
     channels = None
     if attacked_loss == "not_target":
         only_target = jnp.arange(model.NUM_CLASSES) == target
@@ -171,7 +171,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
             pool_masks=state.pool_masks.at[idx].set(mask),
         )
         metrics = loop.step_metrics(state, loss, grads, schedule) | {
-            "train/attacked_share": jnp.mean(jnp.any(mask, axis=(1, 2, 3))),
+            "train/attacked_share": jnp.mean(attacked_members(mask)),
         }
         if not random_rules:  # a random rule has no loss of its own to log
             metrics["train/adversary_loss"] = attack_loss
@@ -182,11 +182,16 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
     return train.pooled_trainer(config, init, train_step, images, labels)
 
 
+def attacked_members(mask: jax.Array) -> jax.Array:
+    """`(B,)`: 1.0 for each member whose mask (`(B, H, W, 1)` bool) holds any cell, else 0."""
+    return jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
+
+
 def anchor_drift(x: jax.Array, anchor: jax.Array, mask: jax.Array) -> jax.Array:
     """Per clean member (no cell of `mask`, `(B, H, W, 1)`), the sum over cells and mutable
     channels of (x - anchor)^2 / 2, averaged over the clean members (0 if none is)."""
     drift = jnp.sum(jnp.square(x[..., 1:] - anchor[..., 1:]), axis=(1, 2, 3)) / 2
-    clean = 1.0 - jnp.any(mask, axis=(1, 2, 3)).astype(jnp.float32)
+    clean = 1.0 - attacked_members(mask)
     return jnp.sum(drift * clean) / jnp.maximum(jnp.sum(clean), 1.0)
 
 
