@@ -29,6 +29,7 @@ def get_config(arg=None):
     c = selforg_mnist_config(loss="l2", noise_std=0.02, arg=arg)
     c.adversary = ml_collections.ConfigDict()
     c.adversary.original = "l2_noise"  # the frozen original: a shipped model or a workdir
+    c.adversary.original_filters = 80  # its perception filters (model.perception_filters)
     c.adversary.fraction = 0.1  # share of the cells that are adversarial (one draw per cell)
     c.adversary.target = 8  # the label the adversary pushes every digit to
     return c

@@ -87,6 +87,9 @@ def selforg_mnist_config(loss: str, noise_std: float, arg: str | None) -> ml_col
         "selforg_mnist", log_every=50, checkpoint_every=500, max_checkpoints_to_keep=3,
         keep_every=10_000,
     )  # fmt: skip
+    # Width of the perception and hidden layers (the article's 80); a wider model can start from
+    # a narrower one's params (`init_from`: `model.widen`, the same function).
+    c.model.perception_filters = 80
     c.model.fire_rate = 0.5
     c.model.noise_std = noise_std
     # How the CA is computed (same function; see nca/selforg_mnist/fast.py): auto | conv |

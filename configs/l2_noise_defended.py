@@ -54,6 +54,18 @@
         --config.defence.anchor=l2_noise --config.defence.anchor_weight=0.003 \
         --workdir=workdirs/l2_noise_defended_anchor_cont
 
+    # or the defended_ft fine-tune with a defender twice as wide (160 perception and hidden
+    # filters; l2_noise widened to it computes the same function, model.widen), against the
+    # article's 80-filter adversary; its test adversary needs the original's width
+    python -m experiments.train --config=l2_noise_defended --config.init_from=l2_noise \
+        --config.model.perception_filters=160 \
+        --config.defence.adversary_init=adversary_eight --config.learning_rate=1e-4 \
+        --config.num_train_steps=10000 --config.lr_boundaries="(8000,)" \
+        --workdir=workdirs/l2_noise_defended_wide
+    python -m experiments.train --config=adversary_eight --config.num_train_steps=10000 \
+        --config.adversary.original=workdirs/l2_noise_defended_wide \
+        --config.adversary.original_filters=160 --workdir=workdirs/adversary_def_wide
+
 The article's recipe for both players (batch 16, pool 160 with mutation, L2 after 20 steps,
 Adam 1e-3 x0.1 at 30k and 70k of 100k iterations); the defender's loss counts only its own
 cells. Options: `smoke`, `short`, `20k` (as for `l2_noise`; the ablations do not apply). The

@@ -289,7 +289,9 @@ def make_trainer(config: ml_collections.ConfigDict, mesh) -> loop.Trainer:
     images, labels = train.load_training_data(config)
     plain = train.init_train_state(config, images, labels)
     # None when the run resumes (`loop.FRESH_RUN_SOURCES`): its checkpoint holds the original.
-    original = train.params_from(a.original, plain.params, config, "adversary.original")
+    width = a.get("original_filters", model.PERCEPTION_FILTERS)
+    fresh = model.init_params(jax.random.PRNGKey(0), width)  # the shapes a resume restores into
+    original = train.params_from(a.original, fresh, config, "adversary.original")
     k_masks = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     init = AdversaryTrainState.create(
         plain.params, train.make_optimizer(config), plain.rng, original=original,

@@ -464,14 +464,14 @@ def _table_forward(params, state, key, num_steps, fire_rate, noise_std, rows, ex
     rule computes its own fired rows only (`_capacities`), the same numbers."""
     geo = _geometry(state, rows)
     const = _constant_patches(state, geo, grey_only=dead_cells_zero and not keep)
-    kernel = params["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
+    kernel = params["perceive"]["kernel"].reshape(-1, model.perception_filters(params))
     capacity = _capacities(rows, fire_rate, fire_compaction,
                            second_share if second_rule is not None else None)  # fmt: skip
     split = isinstance(capacity, tuple)  # the compact table: the first rule's rows, the second's
     other_rows = jnp.zeros(rows, bool)
     if second_rule is not None:
         other, mask = second_rule
-        other_kernel = other["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS)
+        other_kernel = other["perceive"]["kernel"].reshape(-1, model.perception_filters(other))
         other_rows = mask.reshape(-1).at[geo["grid"]].get(mode="fill", fill_value=False)
     image = geo["grid"] // (state[0, ..., 0].size)
 
@@ -543,7 +543,7 @@ def _table_backward(rules, mask, state, rows, tables, fires, g_final, capacity):
     const, const_vjp = jax.vjp(lambda s: _constant_patches(s, geo), state)
     _, to_grid_vjp = jax.vjp(lambda s, t: _to_grid(s, t, geo), state, tables[0])
     g_state, g_table = to_grid_vjp(g_final)
-    kernels = [p["perceive"]["kernel"].reshape(-1, model.PERCEPTION_FILTERS) for p in rules]
+    kernels = [p["perceive"]["kernel"].reshape(-1, model.perception_filters(p)) for p in rules]
     other_rows = jnp.zeros(rows, bool)
     if len(rules) == 2:
         other_rows = mask.reshape(-1).at[geo["grid"]].get(mode="fill", fill_value=False)

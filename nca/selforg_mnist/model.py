@@ -34,14 +34,15 @@ Params = dict[str, dict[str, jax.Array]]
 PyTree = Any
 
 
-def init_params(key: jax.Array) -> Params:
+def init_params(key: jax.Array, filters: int = PERCEPTION_FILTERS) -> Params:
     """Glorot-uniform kernels, zero biases; the output layer starts at zero (first update is 0).
 
-    22,499 parameters: 3*3*20*80 + 80 + 80*80 + 80 + 80*19 + 19.
+    22,499 parameters: 3*3*20*80 + 80 + 80*80 + 80 + 80*19 + 19. `filters` widens the
+    perception and hidden layers (80: the article's; `config.model.perception_filters`).
     """
     glorot = jax.nn.initializers.glorot_uniform()  # Keras convention: receptive field in fan-in/out
     k_perceive, k_hidden = jax.random.split(key)
-    f = PERCEPTION_FILTERS
+    f = filters
     return {
         "perceive": {
             "kernel": glorot(k_perceive, (3, 3, NUM_CHANNELS, f), jnp.float32),
@@ -56,6 +57,27 @@ def init_params(key: jax.Array) -> Params:
             "bias": jnp.zeros((NUM_MUTABLE,), jnp.float32),
         },
     }
+
+
+def perception_filters(params: Params) -> int:
+    """The width of `params`' perception and hidden layers (80 for the article's model)."""
+    return params["hidden"]["kernel"].shape[0]
+
+
+def widen(params: Params, fresh: Params) -> Params:
+    """`params` embedded in the wider `fresh` (`init_params` with more filters) so that the
+    wider model computes the same function: the old units keep their weights and see nothing
+    of the new ones; the new hidden units read every perception unit with `fresh`'s weights
+    and write nothing (zero output rows), so they start to matter as training moves them."""
+    f = perception_filters(params)
+    if perception_filters(fresh) < f:
+        raise ValueError(f"cannot widen {f} filters to {perception_filters(fresh)}.")
+
+    corner = lambda new, old: new.at[tuple(map(slice, old.shape))].set(old)  # noqa: E731
+    wide = jax.tree.map(corner, fresh, params)
+    wide["hidden"]["kernel"] = wide["hidden"]["kernel"].at[f:, :f].set(0.0)  # old see no new
+    wide["output"]["kernel"] = wide["output"]["kernel"].at[f:].set(0.0)  # new write nothing
+    return wide
 
 
 def num_params(params: PyTree) -> int:

@@ -44,7 +44,13 @@ ADDED_FIELDS = {
     "defence.attacked_loss": "label",
     "defence.anchor": "",
     "defence.anchor_weight": 0.0,
+    "model.perception_filters": model.PERCEPTION_FILTERS,
+    "adversary.original_filters": model.PERCEPTION_FILTERS,
 }
+# The config field that sets the width of the params each source field loads (the others load
+# the article's 80 filters).
+WIDTH_FIELDS = {"init_from": "model.perception_filters",
+                "adversary.original": "adversary.original_filters"}  # fmt: skip
 
 
 def resumable(field: str, old, new, step: int) -> bool:
@@ -118,14 +124,22 @@ def init_train_state(
 
 
 def initial_params(config: ml_collections.ConfigDict, key: jax.Array) -> model.Params:
-    """`model.init_params(key)`, or with `config.init_from` the params of a shipped model (by
-    name) or of a workdir's newest checkpoint, to fine-tune."""
-    return params_from(config.get("init_from"), model.init_params(key), config, "init_from")
+    """`model.init_params(key)` of `config.model.perception_filters`, or with `config.init_from`
+    the params of a shipped model (by name) or of a workdir's newest checkpoint, to fine-tune
+    (a narrower one widened to the config's width, the same function: `model.widen`)."""
+    fresh = model.init_params(key, perception_filters(config))
+    return params_from(config.get("init_from"), fresh, config, "init_from")
+
+
+def perception_filters(config: ml_collections.ConfigDict) -> int:
+    """The width of the CA `config` trains (configs saved before the field: the article's 80)."""
+    return config.model.get("perception_filters", model.PERCEPTION_FILTERS)
 
 
 def params_from(source: str | None, fresh: model.Params, config, field: str) -> model.Params:
     """`fresh`, or where `source` (the config's `field`) names one, the params of a shipped model
-    or of a workdir's newest checkpoint, checked to be a model of `config`'s kind and shapes."""
+    or of a workdir's newest checkpoint, checked to be a model of `config`'s kind and shapes.
+    For `init_from`, a narrower model of the same kind is widened to `fresh`'s width."""
     if not source:  # also absent in configs saved before the field existed
         return fresh
     if source in pretrained.available():
@@ -137,13 +151,27 @@ def params_from(source: str | None, fresh: model.Params, config, field: str) -> 
             f"{field} {source!r} is neither a shipped model ({', '.join(pretrained.available())})"
             f" nor a training workdir (a folder with {checkpoint.CHECKPOINT_SUBDIR}/)."
         )
+    params = jax.tree.map(jnp.asarray, params)
     shapes = lambda tree: jax.tree.map(np.shape, tree)  # noqa: E731
-    if source_config.model.kind != config.model.kind or shapes(params) != shapes(fresh):
+    same_kind = source_config.model.kind == config.model.kind
+    width = model.perception_filters(params) if same_kind else None
+    if same_kind and shapes(params) == shapes(model.init_params(jax.random.PRNGKey(0), width)):
+        needed = model.perception_filters(fresh)
+        if field == "init_from" and width < needed:
+            return model.widen(params, fresh)  # the same function, in the wider model
+        if width != needed:
+            fix = (f"set --config.{WIDTH_FIELDS[field]}={width}" if field in WIDTH_FIELDS
+                   else f"it must have the article's {model.PERCEPTION_FILTERS}")  # fmt: skip
+            raise ConfigError(
+                f"{field} {source!r} is a CA with {width} perception filters; this config "
+                f"needs {needed}: {fix}."
+            )
+    if not same_kind or shapes(params) != shapes(fresh):
         raise ConfigError(
             f"{field} {source!r} holds a {source_config.model.kind!r} model with params "
             f"{shapes(params)}; this config needs {shapes(fresh)}."
         )
-    return jax.tree.map(jnp.asarray, params)
+    return params
 
 
 def sample_fresh_digits(

@@ -35,10 +35,11 @@ def test_mask_fraction_and_the_step_of_each_rule():
     np.testing.assert_array_equal(mixed, model.step(other, state, key, 0.5, 0.02))
 
 
-def mixed_loss_and_grads(rollout):
+def mixed_loss_and_grads(rollout, params=None):
     """The adversary's loss, the final state, and the gradients for both rules and the start
-    state."""
-    params, other, mask, state, labels = two_rules()
+    state; `params`: another first rule than `two_rules`'."""
+    first, other, mask, state, labels = two_rules()
+    params = first if params is None else params
 
     def loss(params, other, state):
         final, _ = rollout(params, other, mask, state, KEY, 20, 0.5, 0.02)
@@ -72,6 +73,20 @@ def test_table_path_computes_the_reference_with_gradients_for_both_rules(monkeyp
     params, other, mask, state, _ = two_rules()
     alone = model.rollout(params, state, KEY, 20, 0.5, 0.02)[0]
     assert not np.allclose(alone, want, atol=1e-3)
+
+
+def test_rules_of_different_widths_on_the_table_path():
+    """A 96-filter rule beside an 80-filter one (a widened defender against the article's
+    adversary): the table path computes the dense reference, values and gradients."""
+    wide = random_params(jax.random.PRNGKey(8), scale=0.3, filters=96)
+    reference = functools.partial(adversarial.mixed_rollout, impl="conv")
+    (want_loss, want), want_grads = mixed_loss_and_grads(reference, wide)
+    table = functools.partial(fast.mixed_table_rollout, exact_randomness=True, second_share=0.3,
+                              num_buckets=1)  # fmt: skip
+    (loss, got), grads = mixed_loss_and_grads(table, wide)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert_grads_close(grads, want_grads)
 
 
 def attacked_states():
@@ -177,13 +192,17 @@ def continue_from_bundle_without(config, source, tmp_path):
 
 
 def test_an_adversary_resumes_from_its_bundle_without_its_original_workdir(mnist_dir, tmp_path):
-    """An adversary trained against `adversary.original=WORKDIR` continues from its bundle after
-    that workdir is gone, against the same frozen original (its state's)."""
-    loop.train_and_evaluate(tiny_config(mnist_dir, num_train_steps=2), tmp_path / "original",
-                            progress=False)  # fmt: skip
+    """An adversary trained against `adversary.original=WORKDIR` (a CA of 96 filters) continues
+    from its bundle after that workdir is gone, against the same frozen original (its state's)."""
+    wide = tiny_config(mnist_dir, num_train_steps=2)
+    wide.model.perception_filters = 96
+    loop.train_and_evaluate(wide, tmp_path / "original", progress=False)
     _, original, _ = checkpoint.load_params(tmp_path / "original")
     config = tiny_config(mnist_dir, "adversary_eight:smoke", num_train_steps=8, checkpoint_every=4)
     config.adversary.original = str(tmp_path / "original")
+    with pytest.raises(ConfigError, match="96 perception filters.*original_filters=96"):
+        train.make_trainer(config, loop.make_mesh(1))
+    config.adversary.original_filters = 96
     final = continue_from_bundle_without(config, tmp_path / "original", tmp_path)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(final.original), original)
 

@@ -3,16 +3,17 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from nca.selforg_mnist import model
 
 KEY = jax.random.PRNGKey(0)
 
 
-def random_params(key, scale=0.1):
+def random_params(key, scale=0.1, filters=80):
     """Init params, with a non-zero output layer so steps actually change the state."""
-    params = model.init_params(key)
-    params["output"]["kernel"] = scale * jax.random.normal(key, (80, 19))
+    params = model.init_params(key, filters)
+    params["output"]["kernel"] = scale * jax.random.normal(key, (filters, 19))
     params["output"]["bias"] = scale * jax.random.normal(jax.random.fold_in(key, 1), (19,))
     return params
 
@@ -49,6 +50,27 @@ def test_param_count_and_zero_first_update():
     state = model.seed_state(random_digits(KEY))
     after = model.step(params, state, KEY, fire_rate=1.0, noise_std=0.0)
     np.testing.assert_array_equal(after, state)  # output layer starts at zero
+
+
+def test_widen_keeps_the_function_and_the_new_units_train():
+    """A model widened from 80 to 96 filters computes the same 20 steps; its new hidden units
+    are live (their output rows get gradient), and it cannot be narrowed."""
+    params = random_params(KEY, scale=0.3)
+    fresh = model.init_params(jax.random.PRNGKey(7), 96)
+    wide = model.widen(params, fresh)
+    assert jax.tree.map(jnp.shape, wide) == jax.tree.map(jnp.shape, fresh)
+    assert model.perception_filters(wide) == 96
+    np.testing.assert_array_equal(wide["output"]["kernel"][80:], 0.0)
+    state = model.seed_state(random_digits(jax.random.PRNGKey(1)))
+    narrow_final = model.rollout(params, state, KEY, 20, 0.5, 0.02)[0]
+    wide_final = model.rollout(wide, state, KEY, 20, 0.5, 0.02)[0]
+    scale = float(jnp.max(jnp.abs(narrow_final)))  # ~1e3: float rounding grows with it
+    np.testing.assert_allclose(wide_final / scale, narrow_final / scale, atol=1e-6)
+
+    grads = jax.grad(lambda p: jnp.sum(model.rollout(p, state, KEY, 5, 0.5, 0.02)[0] ** 2))(wide)
+    assert float(jnp.abs(grads["output"]["kernel"][80:]).max()) > 0
+    with pytest.raises(ValueError, match="cannot widen 96 filters to 80"):
+        model.widen(wide, params)
 
 
 def test_glorot_uniform_bounds():

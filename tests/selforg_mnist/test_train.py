@@ -220,6 +220,16 @@ def test_init_from_starts_at_a_shipped_model_or_a_workdir_and_rejects_others(mni
 
     with pytest.raises(ConfigError, match="neither a shipped model"):
         train.initial_params(tiny_config(mnist_dir, init_from="no_such_model"), key)
+    wider = tiny_config(mnist_dir, init_from="l2_noise")
+    wider.model.perception_filters = 96  # widened: the same function (test_model), 96 filters
+    widened = train.initial_params(wider, key)
+    assert model.perception_filters(widened) == 96
+    corner = widened["hidden"]["kernel"][:80, :80]
+    np.testing.assert_array_equal(corner, shipped["hidden"]["kernel"])
+    narrower = tiny_config(mnist_dir, init_from=str(tmp_path / "ca"))
+    narrower.model.perception_filters = 64
+    with pytest.raises(ConfigError, match="80 perception filters; this config needs 64"):
+        train.initial_params(narrower, key)
     metanca_config = load_config("metanca_iris:smoke")
     metanca_config.num_train_steps = 1
     loop.train_and_evaluate(metanca_config, tmp_path / "metanca", progress=False)
