@@ -220,6 +220,7 @@ CONFIG_RANGES = {
     "model.noise_std": config_lib.at_least(0),
     "model.alive_capacity": config_lib.fraction(low_open=True),
     "model.table_buckets": config_lib.at_least(1),
+    "model.perception_filters": config_lib.at_least(1),
     "num_ca_steps": config_lib.at_least(1),
     "batch_size": config_lib.at_least(1),
     "pool_size": config_lib.at_least(1),
@@ -230,6 +231,7 @@ CONFIG_RANGES = {
     "data.max_train_images": config_lib.at_least(0),  # 0: all
     # an adversary's config (nca/selforg_mnist/adversarial.py)
     "adversary.fraction": config_lib.fraction(low_open=True),
+    "adversary.original_filters": config_lib.at_least(1),
     "adversary.target": config_lib.Range(0, model.NUM_CLASSES - 1),
     # a defended CA's config (nca/selforg_mnist/defence.py)
     "defence.fraction": config_lib.fraction(low_open=True),
