@@ -127,13 +127,9 @@ def initial_params(config: ml_collections.ConfigDict, key: jax.Array) -> model.P
     """`model.init_params(key)` of `config.model.perception_filters`, or with `config.init_from`
     the params of a shipped model (by name) or of a workdir's newest checkpoint, to fine-tune
     (a narrower one widened to the config's width, the same function: `model.widen`)."""
-    fresh = model.init_params(key, perception_filters(config))
+    width = config.model.get("perception_filters", model.PERCEPTION_FILTERS)  # absent: old runs
+    fresh = model.init_params(key, width)
     return params_from(config.get("init_from"), fresh, config, "init_from")
-
-
-def perception_filters(config: ml_collections.ConfigDict) -> int:
-    """The width of the CA `config` trains (configs saved before the field: the article's 80)."""
-    return config.model.get("perception_filters", model.PERCEPTION_FILTERS)
 
 
 def params_from(source: str | None, fresh: model.Params, config, field: str) -> model.Params:
